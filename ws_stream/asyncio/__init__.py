@@ -1,0 +1,7 @@
+"""The asyncio shell: StreamReader/StreamWriter pairs over websockets' asyncio flavour."""
+
+from .client import connect_stream, open_connection
+from .server import Server, start_server
+from .stream import EventStream, WsStream
+
+__all__ = ["EventStream", "Server", "WsStream", "connect_stream", "open_connection", "start_server"]

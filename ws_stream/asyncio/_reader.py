@@ -1,0 +1,274 @@
+"""A real :class:`asyncio.StreamReader` that keeps received frames as chunks.
+
+asyncio's reader appends every chunk to one ``bytearray`` and slices reads off
+its front: two copies of every byte. Frames from websockets are already
+``bytes``, so this reader queues them as they are and hands a whole frame to a
+``read(n)`` that asks for at least that much - no copy at all on the bulk path.
+Searches (``readline``, ``readuntil``) join chunks into one ``bytearray``
+head, once per byte, as asyncio does.
+
+Two differences from asyncio's reader, both toward "nothing lost": an error set
+with :meth:`set_exception` is raised only after every buffered byte was read,
+and a ``readexactly``/``readuntil`` interrupted by an error leaves the bytes it
+had not returned in the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, SupportsIndex
+
+__all__ = ["ChunkedStreamReader"]
+
+#: read(n) joins buffered chunks smaller than this into one result.
+_GATHER_BELOW = 16384
+
+
+class ChunkedStreamReader(asyncio.StreamReader):
+    """An :class:`asyncio.StreamReader` whose buffer is a queue of chunks.
+
+    ``limit`` is both asyncio's line-length limit and the read high-water mark:
+    past ``limit`` buffered bytes the transport stops reading until the
+    buffer drains to half of it.
+    """
+
+    # asyncio.StreamReader's private state, which typeshed does not declare.
+    _eof: bool
+    _limit: int
+    _exception: BaseException | None
+    _waiter: asyncio.Future[None] | None
+    _loop: asyncio.AbstractEventLoop
+    _transport: asyncio.ReadTransport | None
+    _paused: bool
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(limit=limit, loop=loop)
+        # chunks[0] may be a bytearray (a joined head) read from offset _pos.
+        self._chunks: deque[Any] = deque()
+        self._pos = 0
+        self._size = 0
+
+    def __repr__(self) -> str:
+        info = [f"{self._size} bytes"] if self._size else []
+        if self._eof:
+            info.append("eof")
+        if self._exception is not None:
+            info.append(f"exception={self._exception!r}")
+        if self._paused:
+            info.append("paused")
+        return f"<{type(self).__name__} {' '.join(info)}>"
+
+    # Producer side
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return self._size
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        assert not self._eof, "feed_data after feed_eof"
+        # Keep immutable chunks as they are; copy what the producer may reuse.
+        chunk = data if type(data) is bytes else bytes(data)
+        n = len(chunk)
+        if not n:
+            return
+        self._chunks.append(chunk)
+        self._size += n
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._size > self._limit and not self._paused and self._transport is not None:
+            try:
+                self._transport.pause_reading()
+            except NotImplementedError:
+                self._transport = None
+            else:
+                self._paused = True
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._size
+
+    def _maybe_resume_transport(self) -> None:
+        if self._paused and self._size <= self._limit // 2:
+            self._paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+
+    async def _wait(self, func_name: str) -> None:
+        if self._waiter is not None:
+            raise RuntimeError(
+                f"{func_name}() called while another coroutine is already waiting for data"
+            )
+        if self._paused:
+            self._paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # Buffer primitives
+
+    def _take(self, n: int) -> bytes:
+        """Remove and return up to ``n`` (> 0) bytes; the buffer is not empty."""
+        chunks = self._chunks
+        first = chunks[0]
+        pos = self._pos
+        avail = len(first) - pos
+        if avail > n:
+            self._pos = pos + n
+            self._size -= n
+            self._maybe_resume_transport()
+            return bytes(memoryview(first)[pos : pos + n])
+        chunks.popleft()
+        self._pos = 0
+        if pos == 0 and type(first) is bytes:
+            out = first  # the zero-copy path: a whole frame
+        else:
+            out = bytes(memoryview(first)[pos:])
+        if avail == n or not chunks or avail >= _GATHER_BELOW:
+            # A large chunk goes out alone: joining it to the next ones would
+            # copy it, and read(n) may return fewer than n bytes.
+            self._size -= avail
+            self._maybe_resume_transport()
+            return out
+        # Gather the following chunks up to n bytes.
+        parts = [out]
+        total = avail
+        while chunks and total < n:
+            chunk = chunks[0]
+            size = len(chunk)
+            if total + size <= n:
+                chunks.popleft()
+                parts.append(chunk)
+                total += size
+            else:
+                k = n - total
+                parts.append(bytes(memoryview(chunk)[:k]))
+                self._pos = k
+                total = n
+        self._size -= total
+        self._maybe_resume_transport()
+        return b"".join(parts)
+
+    def _find(self, seps: tuple[bytes, ...], start: int) -> tuple[int, int]:
+        """Find the earliest separator at or after ``start``: (end, separator length).
+
+        ``(-1, 0)`` when none is buffered. Several chunks are first joined into
+        one bytearray head, so each byte is copied at most once per search run.
+        """
+        chunks = self._chunks
+        if len(chunks) > 1:
+            first = chunks[0]
+            if type(first) is bytearray:
+                if self._pos:
+                    del first[: self._pos]  # amortized O(1) at a bytearray's front
+            else:
+                first = bytearray(memoryview(first)[self._pos :])
+                chunks[0] = first
+            self._pos = 0
+            while len(chunks) > 1:
+                first += chunks[1]
+                del chunks[1]
+        buf = chunks[0]
+        pos = self._pos
+        end = -1
+        found = 0
+        for sep in seps:
+            i = buf.find(sep, pos + start)
+            if i != -1 and (end == -1 or i - pos + len(sep) < end):
+                end = i - pos + len(sep)
+                found = len(sep)
+        return end, found
+
+    # Consumer side: the StreamReader API
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        while not self._size:
+            if self._exception is not None:
+                raise self._exception
+            if self._eof:
+                return b""
+            await self._wait("read")
+        if n < 0:
+            # Read until EOF, as asyncio does (bounded by the caller's patience).
+            parts = [self._take(self._size)]
+            while True:
+                while not self._size:
+                    if self._exception is not None:
+                        # Keep what was read for the next call, then raise.
+                        self._chunks.appendleft(b"".join(parts))
+                        self._pos = 0
+                        self._size += len(self._chunks[0])
+                        raise self._exception
+                    if self._eof:
+                        return b"".join(parts)
+                    await self._wait("read")
+                parts.append(self._take(self._size))
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        if n == 0:
+            return b""
+        while self._size < n:
+            if self._exception is not None:
+                # The bytes stay buffered: read() returns them, then raises.
+                raise self._exception
+            if self._eof:
+                incomplete = self._take(self._size) if self._size else b""
+                raise asyncio.IncompleteReadError(incomplete, n)
+            await self._wait("readexactly")
+        return self._take(n)
+
+    async def readline(self) -> bytes:
+        sep = b"\n"
+        try:
+            return await self.readuntil(sep)
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+        except asyncio.LimitOverrunError as e:
+            # As asyncio: drop the over-long line (or what is buffered of it).
+            end, _ = self._find((sep,), e.consumed) if self._size else (-1, 0)
+            self._take(end if end != -1 else self._size) if self._size else None
+            raise ValueError(e.args[0]) from None
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        seps: tuple[bytes, ...]
+        if isinstance(separator, tuple):
+            seps = tuple(sorted(separator, key=len))
+        else:
+            seps = (separator,)
+        if not seps or not all(seps):
+            raise ValueError("Separator should contain at least one element")
+        longest = len(seps[-1])
+        start = 0
+        while True:
+            if self._size:
+                end, found = self._find(seps, start)
+                if end != -1:
+                    if end - found > self._limit:
+                        raise asyncio.LimitOverrunError(
+                            "Separator is found, but chunk is longer than limit", end - found
+                        )
+                    return self._take(end)
+                start = max(0, self._size + 1 - longest)
+                if start > self._limit:
+                    raise asyncio.LimitOverrunError(
+                        "Separator is not found, and chunk exceed the limit", start
+                    )
+            if self._exception is not None:
+                raise self._exception
+            if self._eof:
+                partial = self._take(self._size) if self._size else b""
+                raise asyncio.IncompleteReadError(partial, None)
+            await self._wait("readuntil")

@@ -1,0 +1,269 @@
+"""WsStream: an open websockets asyncio connection as a StreamReader/StreamWriter pair."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
+from websockets.protocol import CLOSED, SERVER
+
+from .._options import StreamOptions
+from .._policy import EventHub, Subscription
+from ..events import Event
+from ._reader import ChunkedStreamReader
+from ._transport import WsTransport
+
+__all__ = ["EventStream", "WsStream"]
+
+logger = logging.getLogger("ws_stream.asyncio")
+
+_WRAP_OPTIONS = frozenset({"limit", "max_frame_size", "on_text", "close_timeout", "max_events"})
+
+
+class WsStream:
+    """A WebSocket connection as a byte stream: ``.reader`` and ``.writer``.
+
+    ``WsStream(websocket, **options)`` wraps an open connection of
+    ``websockets.asyncio`` (client or server), for instance inside your own
+    ``websockets`` handler after routing and authentication. From then on the
+    stream owns the connection's data frames: do not call ``recv()`` on it.
+    Frames websockets had already queued come first in :attr:`reader`.
+
+    Options: ``limit`` (reader high-water mark, default 1 MiB),
+    ``max_frame_size`` (largest frame sent, default 64 KiB), ``on_text``
+    (``"error"``: a text frame closes with 1003; ``"bytes"``: its UTF-8 bytes
+    join the stream), ``close_timeout`` (default: the connection's, else 10 s)
+    and ``max_events`` (per-subscriber event queue, default 256).
+
+    :attr:`reader` is an :class:`asyncio.StreamReader` and :attr:`writer` an
+    :class:`asyncio.StreamWriter` over a real :class:`asyncio.Transport`.
+    """
+
+    def __init__(
+        self, websocket: Connection, *, _options: StreamOptions | None = None, **options: Any
+    ) -> None:
+        if not isinstance(websocket, Connection):
+            raise TypeError(
+                "WsStream wraps a websockets.asyncio connection "
+                f"(ClientConnection or ServerConnection), not {type(websocket).__name__}"
+            )
+        unknown = set(options) - _WRAP_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"WsStream() got unexpected options {sorted(unknown)}: connection options "
+                "(max_size, ping_interval, compression...) are set when the websocket is "
+                "opened; WsStream takes " + ", ".join(sorted(_WRAP_OPTIONS))
+            )
+        if _options is None:
+            if "close_timeout" not in options and websocket.close_timeout is not None:
+                options["close_timeout"] = websocket.close_timeout
+            _options = StreamOptions(**options)
+        self._options = _options
+        self._websocket = websocket
+        self._loop = websocket.loop
+        self._hub = EventHub(_options.max_events)
+        self._transport = WsTransport(websocket, _options, self._hub, self)
+        self._reader = ChunkedStreamReader(_options.limit, self._loop)
+        # A server-side StreamReaderProtocol has a connected callback: that is
+        # how StreamWriter.start_tls() knows to do a server-side TLS handshake.
+        # Ours only keeps the writer the protocol creates, as asyncio.start_server.
+        writers: list[asyncio.StreamWriter] = []
+        server_side = websocket.protocol.side is SERVER
+        self._protocol = asyncio.StreamReaderProtocol(
+            self._reader, (lambda _, w: writers.append(w)) if server_side else None, self._loop
+        )
+        self._transport.attach(self._protocol)
+        if not writers:  # client side: as asyncio.open_connection()
+            writers.append(
+                asyncio.StreamWriter(self._transport, self._protocol, self._reader, self._loop)
+            )
+        self._writer = writers[0]
+
+    def __repr__(self) -> str:
+        return f"<WsStream {self._websocket.protocol.side.name.lower()} {self._websocket.id}>"
+
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        """The incoming bytes: every binary payload, in order, frame boundaries gone."""
+        return self._reader
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        """The outgoing bytes, sent as binary frames of at most ``max_frame_size``."""
+        return self._writer
+
+    @property
+    def websocket(self) -> Connection:
+        """The wrapped websockets connection."""
+        return self._websocket
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The :class:`asyncio.Transport` under :attr:`writer` (before any start_tls)."""
+        return self._transport
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code: None while open, 1006 if the connection was lost."""
+        ws = self._websocket.protocol
+        if ws.close_rcvd is not None:
+            return ws.close_rcvd.code
+        return 1006 if ws.state is CLOSED else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The peer's close reason: None while open, "" if none was received."""
+        ws = self._websocket.protocol
+        if ws.close_rcvd is not None:
+            return ws.close_rcvd.reason
+        return "" if ws.state is CLOSED else None
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes handed to websockets so far."""
+        return self._transport.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes delivered to the reader so far."""
+        return self._transport.bytes_received
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Flush, perform the closing handshake with ``code``/``reason``, wait for the end.
+
+        Waits at most ``close_timeout`` for the peer's close frame and the end of
+        TCP, then drops the connection. Idempotent; never raises for a
+        connection that is already gone.
+
+        Raises:
+            ValueError: ``code`` is not a close code an endpoint may send
+                (1000-1003, 1007-1014, 3000-4999) or ``reason`` is too long.
+        """
+        try:
+            if len(Close(code, reason).serialize()) > 125:
+                raise ValueError("the close frame payload is over 125 bytes")
+        except Exception as exc:
+            raise ValueError(
+                f"cannot close with code {code} and reason {reason!r}: {exc} "
+                "(use 1000-1003, 1007-1014 or 3000-4999 and a reason of at most 123 bytes)"
+            ) from None
+        transport = self._transport
+        transport.close_code_to_send = code
+        transport.close_reason_to_send = reason
+        self._writer.close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed; never raises.
+
+        Once a close has begun, this waits at most ``close_timeout`` + 1 s: the
+        transport drops TCP when the peer does not answer in time.
+        """
+        waiter = self._websocket.connection_lost_waiter
+        if waiter.done():
+            return
+        if self._transport.is_closing():
+            try:
+                async with asyncio.timeout(self._options.close_timeout + 1):
+                    await asyncio.shield(waiter)
+                return
+            except TimeoutError:
+                logger.warning("the connection did not close in time; aborting it")
+                self._transport.abort()
+        await asyncio.shield(waiter)
+
+    async def ping(self, data: bytes = b"", *, timeout: float | None = None) -> float:
+        """Send a ping and return the round-trip time in seconds when its pong arrives.
+
+        An empty ``data`` sends a unique random payload, so pings may overlap.
+
+        Raises:
+            TimeoutError: no pong within ``timeout`` (default: ``ping_timeout``,
+                else 20 s).
+            ConnectionResetError: the connection closed first.
+        """
+        if timeout is None:
+            timeout = self._websocket.ping_timeout or 20.0
+        try:
+            async with asyncio.timeout(timeout):
+                pong = await self._websocket.ping(data or None)
+                return await pong
+        except ConnectionClosed as exc:
+            raise ConnectionResetError(f"cannot ping: the connection is closed ({exc})") from exc
+
+    def events(self) -> EventStream:
+        """Subscribe to events from now on: ``async for event in stream.events()``.
+
+        Each subscriber has its own queue of ``max_events``; a slow one loses
+        its oldest events (counted in :attr:`EventStream.dropped`) and never
+        slows the data. Iteration ends after :class:`~ws_stream.events.Closed`;
+        subscribing after the end yields only ``Closed``.
+        """
+        return EventStream(self._hub, self._loop)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None or not issubclass(exc_type, Exception):
+            await self.close()
+        else:
+            await self.close(1011, "internal error")
+
+
+class EventStream:
+    """An asynchronous iterator of one subscriber's events."""
+
+    def __init__(self, hub: EventHub, loop: asyncio.AbstractEventLoop) -> None:
+        self._hub = hub
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self._sub: Subscription = hub.subscribe(self._wake)
+
+    @property
+    def dropped(self) -> int:
+        """Events this subscriber lost because it fell behind."""
+        return self._sub.dropped
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        sub = self._sub
+        while True:
+            event = sub.pop()
+            if event is not None:
+                return event
+            if sub.finished():
+                raise StopAsyncIteration
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        """Unsubscribe; iteration ends."""
+        self._hub.unsubscribe(self._sub)
+        self._sub.ended = True
+        self._sub.queue.clear()
+        self._wake()
+
+    async def aclose(self) -> None:
+        self.close()

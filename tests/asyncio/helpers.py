@@ -41,3 +41,23 @@ async def collect_events(stream: ws_stream.WsStream, timeout: float = 5.0) -> li
         async for event in stream.events():
             out.append(event)
     return out
+
+
+@contextlib.asynccontextmanager
+async def accepting_server(
+    **options: Any,
+) -> AsyncIterator[tuple[int, asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]]:
+    """A ws_stream server that queues each accepted (reader, writer); yields (port, queue)."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def cb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put((reader, writer))
+        await done.wait()  # the test owns the connection
+
+    options.setdefault("ping_interval", None)
+    async with await ws_stream.start_server(cb, "127.0.0.1", 0, **options) as server:
+        try:
+            yield server.sockets[0].getsockname()[1], accepted
+        finally:
+            done.set()

@@ -115,8 +115,12 @@ class ChunkedStreamReader(asyncio.StreamReader):
 
     # Buffer primitives
 
-    def _take(self, n: int) -> bytes:
-        """Remove and return up to ``n`` (> 0) bytes; the buffer is not empty."""
+    def _take(self, n: int, exact: bool = True) -> bytes:
+        """Remove and return ``n`` (> 0) bytes, or fewer if fewer are buffered.
+
+        With ``exact=False`` (``read(n)``), a large first chunk is returned
+        alone rather than copied into a join with the next ones.
+        """
         chunks = self._chunks
         first = chunks[0]
         pos = self._pos
@@ -132,7 +136,7 @@ class ChunkedStreamReader(asyncio.StreamReader):
             out = first  # the zero-copy path: a whole frame
         else:
             out = bytes(memoryview(first)[pos:])
-        if avail == n or not chunks or avail >= _GATHER_BELOW:
+        if avail == n or not chunks or (avail >= _GATHER_BELOW and not exact):
             # A large chunk goes out alone: joining it to the next ones would
             # copy it, and read(n) may return fewer than n bytes.
             self._size -= avail
@@ -213,7 +217,7 @@ class ChunkedStreamReader(asyncio.StreamReader):
                         return b"".join(parts)
                     await self._wait("read")
                 parts.append(self._take(self._size))
-        return self._take(n)
+        return self._take(n, exact=False)
 
     async def readexactly(self, n: int) -> bytes:
         if n < 0:

@@ -399,6 +399,12 @@ class WsTransport(asyncio.Transport):
         self._eof_written = True
         self._send_close(1000, "")
 
+    def _force_close(self, exc: BaseException | None) -> None:
+        # asyncio's SSLProtocol calls this private transport method on fatal
+        # TLS errors (start_tls inside the stream).
+        logger.debug("TLS inside the stream failed: %r; dropping the connection", exc)
+        self.abort()
+
     def abort(self) -> None:
         """Drop TCP at once; unsent bytes are discarded."""
         self._closing = True

@@ -207,13 +207,9 @@ class ChunkedStreamReader(asyncio.StreamReader):
             parts = [self._take(self._size)]
             while True:
                 while not self._size:
-                    if self._exception is not None:
-                        # Keep what was read for the next call, then raise.
-                        self._chunks.appendleft(b"".join(parts))
-                        self._pos = 0
-                        self._size += len(self._chunks[0])
-                        raise self._exception
-                    if self._eof:
+                    if self._eof or self._exception is not None:
+                        # After an error, the bytes before it come first; the
+                        # next read raises.
                         return b"".join(parts)
                     await self._wait("read")
                 parts.append(self._take(self._size))

@@ -9,44 +9,19 @@ import pytest
 import ws_stream
 from ws_stream.events import Closed, Error
 
+from ..cases import VIOLATION_PARAMS
 from ..rawpeer import (
     BINARY,
-    CLOSE,
-    CONT,
-    PING,
     TEXT,
     RawPeer,
     RawServer,
     build_frame,
-    close_payload,
     connect_raw,
 )
 from .helpers import accepting_server, stream_of
 
-# (name, bytes the peer sends after b"prior" data, expected close code).
-# Frames from a client must be masked: the builder masks unless told otherwise.
-SERVER_SIDE_CASES = [
-    ("rsv1 without extension", dict(opcode=BINARY, payload=b"x", rsv=4), 1002),
-    ("rsv2", dict(opcode=BINARY, payload=b"x", rsv=2), 1002),
-    ("rsv3", dict(opcode=BINARY, payload=b"x", rsv=1), 1002),
-    ("reserved opcode 0x3", dict(opcode=0x3, payload=b"x"), 1002),
-    ("reserved opcode 0xB", dict(opcode=0xB, payload=b"x"), 1002),
-    ("ping over 125 bytes", dict(opcode=PING, payload=b"p" * 126), 1002),
-    ("fragmented ping", dict(opcode=PING, payload=b"p", fin=False), 1002),
-    ("unmasked frame to a server", dict(opcode=BINARY, payload=b"x", mask=False), 1002),
-    ("continuation with nothing to continue", dict(opcode=CONT, payload=b"x"), 1002),
-    ("close payload of 1 byte", dict(opcode=CLOSE, payload=b"\x03"), 1002),
-    ("close code 999", dict(opcode=CLOSE, payload=close_payload(999)), 1002),
-    ("close code 1005 on the wire", dict(opcode=CLOSE, payload=close_payload(1005)), 1002),
-    ("close code 5000", dict(opcode=CLOSE, payload=close_payload(5000)), 1002),
-    ("invalid UTF-8 close reason", dict(opcode=CLOSE, payload=b"\x03\xe8\xff\xfe"), 1007),
-    ("message over max_size", dict(opcode=BINARY, payload=b"m" * 2000), 1009),
-]
 
-
-@pytest.mark.parametrize(
-    ("frame", "code"), [c[1:] for c in SERVER_SIDE_CASES], ids=[c[0] for c in SERVER_SIDE_CASES]
-)
+@pytest.mark.parametrize(("frame", "code"), VIOLATION_PARAMS)
 async def test_server_fails_the_violating_client(frame: dict[str, object], code: int) -> None:
     async with accepting_server(max_size=1000) as (port, accepted):
         peer = await connect_raw(port)

@@ -1,0 +1,120 @@
+"""trio test helpers: a ws_stream server on a random port, a raw-socket client peer."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ws_stream.trio import WsStream, serve_websocket_stream
+
+from ..rawpeer import CLOSE, Frame, build_frame
+
+
+async def start_server(
+    nursery: trio.Nursery, handler: Callable[[WsStream], Awaitable[object]], **options: Any
+) -> str:
+    """Start serve_websocket_stream on 127.0.0.1:0 in ``nursery``; return its ws:// URI."""
+    options.setdefault("ping_interval", None)
+    listeners = await nursery.start(
+        functools.partial(serve_websocket_stream, handler, 0, host="127.0.0.1", **options)
+    )
+    port = listeners[0].socket.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/"
+
+
+async def accepting_server(nursery: trio.Nursery, **options: Any) -> tuple[str, Any]:
+    """A server whose handler hands each stream to the test; returns (uri, receive channel)."""
+    send, receive = trio.open_memory_channel[WsStream](10)
+
+    async def handler(stream: WsStream) -> None:
+        await send.send(stream)
+        await trio.sleep_forever()  # the test owns the stream (returning would close it)
+
+    return await start_server(nursery, handler, **options), receive
+
+
+class TrioRawPeer:
+    """A raw-socket WebSocket client: real handshake, then hand-built (masked) frames."""
+
+    def __init__(self, tcp: trio.SocketStream) -> None:
+        self.tcp = tcp
+        self.buffer = bytearray()
+
+    @classmethod
+    async def connect(cls, uri: str) -> TrioRawPeer:
+        host, port = uri.split("//")[1].rstrip("/").split(":")
+        tcp = await trio.open_tcp_stream(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await tcp.send_all(
+            (
+                f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        peer = cls(tcp)
+        head = await peer._read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return peer
+
+    async def _fill(self) -> bool:
+        data = await self.tcp.receive_some(65536)
+        self.buffer += data
+        return bool(data)
+
+    async def _read_until(self, sep: bytes) -> bytes:
+        while sep not in self.buffer:
+            if not await self._fill():
+                raise EOFError
+        i = self.buffer.index(sep) + len(sep)
+        out = bytes(self.buffer[:i])
+        del self.buffer[:i]
+        return out
+
+    async def _read_exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            if not await self._fill():
+                raise EOFError
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    async def send(self, opcode: int, payload: bytes = b"", **kw: Any) -> None:
+        kw.setdefault("mask", True)
+        await self.tcp.send_all(build_frame(opcode, payload, **kw))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.tcp.send_all(data)
+
+    async def recv_frame(self) -> Frame:
+        with trio.fail_after(5):
+            b0, b1 = await self._read_exactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", await self._read_exactly(2))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", await self._read_exactly(8))
+            return Frame(bool(b0 & 0x80), b0 & 0x0F, await self._read_exactly(n))
+
+    async def recv_close(self) -> tuple[int, str]:
+        while True:
+            frame = await self.recv_frame()
+            if frame.opcode == CLOSE:
+                if len(frame.payload) < 2:
+                    return 1005, ""
+                code = struct.unpack("!H", frame.payload[:2])[0]
+                return code, frame.payload[2:].decode()
+
+    async def wait_eof(self) -> None:
+        with trio.fail_after(5):
+            while await self._fill():
+                pass
+
+    async def aclose(self) -> None:
+        await self.tcp.aclose()

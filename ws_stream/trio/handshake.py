@@ -1,0 +1,159 @@
+"""Opening handshakes over a trio stream, with websockets' Sans-I/O protocols."""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers, HeadersLike
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.extensions.permessage_deflate import (
+    enable_client_permessage_deflate,
+    enable_server_permessage_deflate,
+)
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import WebSocketURI, parse_uri
+
+from .._options import StreamOptions
+from ..exceptions import HandshakeError
+
+__all__ = ["client_handshake", "connect_transport", "parse", "server_handshake"]
+
+_RECEIVE_SIZE = 2**16
+
+
+async def _send_pending(stream: trio.abc.Stream, protocol: ClientProtocol | ServerProtocol) -> None:
+    for data in protocol.data_to_send():
+        if data:
+            await stream.send_all(data)
+
+
+def parse(uri: str) -> WebSocketURI:
+    try:
+        return parse_uri(uri)
+    except InvalidURI as exc:
+        raise ValueError(f"{uri!r} is not a valid WebSocket URI: {exc}") from exc
+
+
+async def connect_transport(
+    wsuri: WebSocketURI, ssl: ssl_module.SSLContext | None
+) -> trio.abc.Stream:
+    """Open TCP (and TLS for wss://) to the URI's host."""
+    if ssl is not None and not wsuri.secure:
+        raise ValueError("ssl is incompatible with a ws:// URI")
+    tcp = await trio.open_tcp_stream(wsuri.host, wsuri.port)
+    if not wsuri.secure:
+        return tcp
+    context = ssl if ssl is not None else ssl_module.create_default_context()
+    stream = trio.SSLStream(tcp, context, server_hostname=wsuri.host, https_compatible=True)
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return stream
+
+
+async def client_handshake(
+    stream: trio.abc.Stream,
+    wsuri: WebSocketURI,
+    options: StreamOptions,
+    *,
+    additional_headers: HeadersLike | None = None,
+    subprotocols: Sequence[str] | None = None,
+    origin: str | None = None,
+    user_agent_header: str | None = "ws_stream (websockets Sans-I/O; trio)",
+) -> tuple[ClientProtocol, Request, Response]:
+    """Run the client side of the opening handshake; the protocol is OPEN after it.
+
+    Raises:
+        HandshakeError: the server refused (``.status``) or answered nonsense.
+    """
+    extensions = enable_client_permessage_deflate(None) if options.compression else None
+    protocol = ClientProtocol(
+        wsuri,
+        origin=Origin(origin) if origin is not None else None,
+        extensions=extensions,
+        subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
+        max_size=options.max_size,
+    )
+    request = protocol.connect()
+    if additional_headers is not None:
+        request.headers.update(Headers(additional_headers))
+    if user_agent_header is not None and "User-Agent" not in request.headers:
+        request.headers["User-Agent"] = user_agent_header
+    protocol.send_request(request)
+    await _send_pending(stream, protocol)
+    while True:
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        events = protocol.events_received()
+        if events or protocol.handshake_exc is not None:
+            break
+        if not data:
+            raise HandshakeError(
+                f"the server at {wsuri.host}:{wsuri.port} closed the connection "
+                "during the WebSocket handshake"
+            )
+    exc = protocol.handshake_exc
+    if exc is not None:
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            raise HandshakeError(
+                f"the server refused the WebSocket handshake with HTTP {status} "
+                f"{exc.response.reason_phrase}; check the URI path and credentials",
+                status=status,
+            ) from exc
+        raise HandshakeError(f"the WebSocket handshake failed: {exc}") from exc
+    response = events[0]
+    assert isinstance(response, Response)
+    # Frames sent right after the response stay queued in the protocol: the
+    # stream's reader takes them first.
+    return protocol, request, response
+
+
+async def server_handshake(
+    stream: trio.abc.Stream,
+    options: StreamOptions,
+    *,
+    origins: Sequence[str | None] | None = None,
+    subprotocols: Sequence[str] | None = None,
+    **_: Any,
+) -> tuple[ServerProtocol, Request, Response] | None:
+    """Run the server side of the handshake; None when it failed (HTTP error sent)."""
+    extensions = enable_server_permessage_deflate(None) if options.compression else None
+    protocol = ServerProtocol(
+        origins=[Origin(o) if o is not None else None for o in origins] if origins else None,
+        extensions=extensions,
+        subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
+        max_size=options.max_size,
+    )
+    request: Request | None = None
+    while request is None:
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        events = protocol.events_received()
+        if events:
+            assert isinstance(events[0], Request)
+            request = events[0]
+        elif protocol.handshake_exc is not None or not data:
+            await _send_pending(stream, protocol)
+            return None
+    response = protocol.accept(request)
+    protocol.send_response(response)
+    await _send_pending(stream, protocol)
+    if protocol.state is not OPEN:
+        return None
+    return protocol, request, response

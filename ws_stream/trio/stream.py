@@ -1,0 +1,574 @@
+"""The trio shell: a WebSocket as a :class:`trio.abc.Stream`.
+
+Built on websockets' Sans-I/O protocol (``ClientProtocol`` / ``ServerProtocol``),
+not on ``websockets.trio``: in websockets 17.4, the task that reads the socket
+takes the send lock after every read, even with nothing to send, so a
+``send()`` blocked on a full TCP buffer stops reading on both ends and
+bidirectional bulk traffic deadlocks. Here the reader task never waits on the
+writer: it parses frames, appends data to a bounded buffer and leaves any
+automatic answer (pong, close) in websockets' outgoing queue, which a separate
+flusher task - or the next ``send_all`` - writes under the send lock.
+
+What a frame, a violation or the end of the connection means is decided by
+:class:`ws_stream._policy.StreamPolicy`, shared with the other shells.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import os
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from websockets.frames import Close, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import CLOSED, OPEN, Protocol
+
+from .._options import StreamOptions
+from .._policy import EventHub, Step, StreamPolicy, Subscription
+from ..events import Event
+
+__all__ = ["EventStream", "WsStream"]
+
+logger = logging.getLogger("ws_stream.trio")
+
+_RECEIVE_SIZE = 2**18
+_DEFAULT_MAX_BYTES = 2**16
+_PONG = Opcode.PONG
+_WRAP_OPTIONS = frozenset({"limit", "max_frame_size", "on_text", "close_timeout", "max_events"})
+
+
+def _broken(error: BaseException, what: str) -> trio.BrokenResourceError:
+    exc = trio.BrokenResourceError(f"{what}: {error}")
+    exc.__cause__ = error
+    return exc
+
+
+class WsStream(trio.abc.Stream):
+    """A WebSocket connection as a byte stream, for trio.
+
+    ``receive_some()`` returns the concatenation of the binary payloads, frame
+    boundaries gone, then ``b""`` after the peer's close frame. ``send_all()``
+    sends binary frames of at most ``max_frame_size``. A text frame, a
+    protocol violation or a lost connection makes ``receive_some()`` raise
+    :exc:`trio.BrokenResourceError` - once the bytes received before it were
+    read - whose ``__cause__`` is the :class:`ws_stream.TextFrameError`,
+    :class:`ws_stream.ProtocolError` (with ``.code``) or
+    :class:`ws_stream.AbnormalClosureError` the other shells raise.
+
+    This is *not* a :class:`trio.abc.HalfCloseableStream`: a WebSocket close is
+    not a TCP half-close. The peer must answer a close frame at once and
+    cannot send afterwards, so there is no ``send_eof()``. Instead,
+    :meth:`send_close` sends a close frame and the stream keeps receiving
+    until the peer's close (then ``b""``).
+
+    One task may send and one may receive at a time
+    (:exc:`trio.BusyResourceError` otherwise). The stream runs two or three
+    small tasks (reader, flusher, keepalive) in the nursery it is given; they
+    end with the connection. Create it with
+    :func:`ws_stream.trio.open_websocket_stream` or
+    :func:`ws_stream.trio.serve_websocket_stream`.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        protocol: Protocol,
+        nursery: trio.Nursery,
+        *,
+        request: Request | None = None,
+        response: Response | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
+        _options: StreamOptions | None = None,
+        **options: Any,
+    ) -> None:
+        if protocol.state is not OPEN:
+            raise ValueError("the WebSocket handshake must be complete (protocol state OPEN)")
+        unknown = set(options) - _WRAP_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"WsStream() got unexpected options {sorted(unknown)}; it takes "
+                + ", ".join(sorted(_WRAP_OPTIONS))
+            )
+        self._options = _options if _options is not None else StreamOptions(**options)
+        self.transport_stream = transport_stream
+        self._ws = protocol
+        self.request = request
+        self.response = response
+        self._policy = StreamPolicy(on_text=self._options.on_text)
+        self._hub = EventHub(self._options.max_events)
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        # Received data: chunks, the first read from offset _pos.
+        self._chunks: deque[bytes] = deque()
+        self._pos = 0
+        self._size = 0
+        self._eof = False
+        self._read_error: BaseException | None = None
+        self._finished = False  # the reader task is done: the connection is over
+        self._closed_locally = False  # aclose() was called
+        self._receiving = False
+        self._sending = False
+        self._send_lock = trio.Lock()
+        self._data_lot = trio.lowlevel.ParkingLot()
+        self._space_lot = trio.lowlevel.ParkingLot()
+        self._flush_lot = trio.lowlevel.ParkingLot()
+        self._closed = trio.Event()
+        self._close_deadline = math.inf
+        self._pings: dict[bytes, tuple[trio.Event, float, list[float]]] = {}
+        self._cancel_scope = trio.CancelScope()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        nursery.start_soon(self._run)
+
+    def __repr__(self) -> str:
+        return f"<ws_stream.trio.WsStream {self._ws.side.name.lower()} {self._ws.id}>"
+
+    # Properties
+
+    @property
+    def websocket(self) -> Protocol:
+        """websockets' Sans-I/O protocol object of this connection."""
+        return self._ws
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._ws.subprotocol
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code: None while open, 1006 if the connection was lost."""
+        if self._ws.close_rcvd is not None:
+            return self._ws.close_rcvd.code
+        return 1006 if self._finished else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The peer's close reason: None while open, "" if none was received."""
+        if self._ws.close_rcvd is not None:
+            return self._ws.close_rcvd.reason
+        return "" if self._finished else None
+
+    # Background tasks
+
+    async def _run(self) -> None:
+        cause: BaseException | None = None
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flusher)
+                    if self._ping_interval is not None:
+                        nursery.start_soon(self._keepalive, self._ping_interval)
+                    cause = await self._reader()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport_stream)
+            self._finish(cause)
+
+    async def _reader(self) -> BaseException | None:
+        """Read the socket until the connection ends; never waits on a sender."""
+        ws = self._ws
+        self._process_events()  # what arrived with the handshake response
+        while ws.state is not CLOSED:
+            while self._size > self._options.limit and not self._closed_locally:
+                await self._space_lot.park()  # read backpressure: stop reading the socket
+            cause: BaseException | None = None
+            with trio.move_on_at(self._close_deadline) as scope:
+                try:
+                    data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    cause, data = exc, b""
+            if scope.cancelled_caught:
+                logger.info(
+                    "the peer did not complete the closing handshake within %.1f s; dropping TCP",
+                    self._options.close_timeout,
+                )
+                return TimeoutError("timed out while closing the connection")
+            if data:
+                ws.receive_data(data)
+            else:
+                ws.receive_eof()
+            self._process_events()
+            if not data:
+                return cause
+        return None
+
+    def _process_events(self) -> None:
+        ws = self._ws
+        receive = self._policy.receive_frame
+        for event in ws.events_received():
+            opcode = event.opcode  # type: ignore[union-attr]
+            self._apply(receive(opcode, bytes(event.data), event.fin))  # type: ignore[union-attr]
+            if opcode is _PONG:
+                self._pong(bytes(event.data))  # type: ignore[union-attr]
+        if ws.parser_exc is not None and self._read_error is None:
+            code = ws.close_sent.code if ws.close_sent is not None else None
+            self._apply(self._policy.parser_failed(ws.parser_exc, code))
+            if self._policy.error is not None:
+                logger.info("the peer violated the protocol: %s", self._policy.error)
+                self._read_error = self._policy.error
+                self._data_lot.unpark_all()
+        if ws.close_expected() and self._close_deadline == math.inf:
+            self._close_deadline = trio.current_time() + self._options.close_timeout
+        # websockets queued automatic answers (pong, close): the flusher sends them.
+        if ws.writes:
+            self._flush_lot.unpark_all()
+
+    def _apply(self, step: Step) -> None:
+        data, event, failure, eof = step
+        if data is not None:
+            self._chunks.append(data)
+            self._size += len(data)
+            self.bytes_received += len(data)
+            self._data_lot.unpark_all()
+        if event is not None:
+            self._hub.publish(event)
+        if failure is not None:
+            if self._ws.state is OPEN:
+                self._ws.fail(failure.code, failure.reason)
+            logger.info("failing the connection with %d: %s", failure.code, failure.error)
+            self._read_error = failure.error
+            self._data_lot.unpark_all()
+        if eof:
+            self._eof = True
+            self._data_lot.unpark_all()
+
+    def _finish(self, cause: BaseException | None) -> None:
+        ws = self._ws
+        if ws.state is not CLOSED:
+            ws.receive_eof()
+        ending = self._policy.connection_lost(ws.close_rcvd, ws.close_sent, cause)
+        for event in ending.events:
+            self._hub.publish(event)
+        if ending.error is not None and self._read_error is None:
+            self._read_error = ending.error
+        self._finished = True
+        for done, _, _ in self._pings.values():
+            done.set()
+        self._data_lot.unpark_all()
+        self._closed.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            if not self._ws.writes:  # checked before parking: no lost wakeup
+                await self._flush_lot.park()
+            async with self._send_lock:
+                try:
+                    await self._send_pending()
+                except trio.BrokenResourceError:
+                    return  # the reader sees the end of the connection
+
+    async def _send_pending(self) -> None:
+        """Write what websockets queued; call with the send lock held."""
+        for data in self._ws.data_to_send():
+            try:
+                if data:
+                    await self.transport_stream.send_all(data)
+                elif isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
+                    await self.transport_stream.send_eof()
+                else:  # TLS: no half-close
+                    await trio.aclose_forcefully(self.transport_stream)
+            except trio.ClosedResourceError:
+                if self._closed_locally:
+                    raise
+                raise trio.BrokenResourceError("the connection is closed") from None
+            except trio.BrokenResourceError as exc:
+                raise _broken(exc, "the connection is broken") from None
+
+    async def _keepalive(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.ping(timeout=self._ping_timeout or math.inf)
+            except trio.TooSlowError:
+                logger.info("no pong within %s s: failing the connection", self._ping_timeout)
+                if self._ws.state is OPEN:
+                    self._ws.fail(1011, "keepalive ping timeout")
+                    self._close_deadline = trio.current_time() + self._options.close_timeout
+                    self._flush_lot.unpark_all()
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    # trio.abc.ReceiveStream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive up to ``max_bytes`` (default 64 KiB); ``b""`` after the peer's close.
+
+        Raises:
+            trio.BusyResourceError: another task is receiving.
+            trio.ClosedResourceError: this stream was closed with :meth:`aclose`.
+            trio.BrokenResourceError: a text frame, a violation or a lost
+                connection, after every byte received before it (see ``__cause__``).
+        """
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)  # TypeError for 1.5
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False
+            while not self._size:
+                if self._closed_locally:
+                    raise trio.ClosedResourceError("this stream was closed")
+                if self._read_error is not None:
+                    raise _broken(self._read_error, "the WebSocket connection failed")
+                if self._eof or self._finished:
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                await self._data_lot.park()
+                parked = True
+            if self._closed_locally:
+                raise trio.ClosedResourceError("this stream was closed")
+            if not parked:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return self._take(max_bytes or _DEFAULT_MAX_BYTES)
+        finally:
+            self._receiving = False
+
+    def _take(self, n: int) -> bytes:
+        chunks = self._chunks
+        first = chunks[0]
+        pos = self._pos
+        avail = len(first) - pos
+        if avail > n:
+            out = first[pos : pos + n]
+            self._pos = pos + n
+        else:
+            chunks.popleft()
+            self._pos = 0
+            out = first if pos == 0 else first[pos:]
+            if avail < n and chunks and len(chunks[0]) <= n - avail:
+                parts = [out]
+                while chunks and len(chunks[0]) <= n - avail:
+                    chunk = chunks.popleft()
+                    parts.append(chunk)
+                    avail += len(chunk)
+                out = b"".join(parts)
+        self._size -= len(out)
+        if self._size <= self._options.limit // 2:
+            self._space_lot.unpark_all()
+        return out
+
+    # trio.abc.SendStream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as binary frames of at most ``max_frame_size`` bytes.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed with :meth:`aclose`.
+            trio.BrokenResourceError: the WebSocket is closing or closed (the
+                peer's close frame arrived, or :meth:`send_close` was called).
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            if self._closed_locally:
+                raise trio.ClosedResourceError("this stream was closed")
+            view = memoryview(data).cast("B")
+            size = self._options.max_frame_size
+            async with self._send_lock:
+                if self._closed_locally:
+                    raise trio.ClosedResourceError("this stream was closed")
+                for start in range(0, len(view), size):
+                    if self._ws.state is not OPEN:
+                        raise trio.BrokenResourceError(
+                            "the WebSocket is closing: data can no longer be sent "
+                            f"(peer close code {self.close_code})"
+                        )
+                    chunk = view[start : start + size]
+                    self._ws.send_binary(chunk)
+                    await self._send_pending()
+                    self.bytes_sent += len(chunk)
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            if self._closed_locally:
+                raise trio.ClosedResourceError("this stream was closed")
+            async with self._send_lock:
+                try:
+                    await self.transport_stream.wait_send_all_might_not_block()
+                except trio.ClosedResourceError:
+                    if self._closed_locally:
+                        raise
+                    raise trio.BrokenResourceError("the connection is closed") from None
+        finally:
+            self._sending = False
+
+    # Closing
+
+    async def send_close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame; keep receiving until the peer's close, then ``b""``.
+
+        The peer has ``close_timeout`` seconds to answer; then TCP is dropped.
+        """
+        _check_close(code, reason)
+        if self._closed_locally:
+            raise trio.ClosedResourceError("this stream was closed")
+        async with self._send_lock:
+            if self._ws.state is OPEN:
+                self._ws.send_close(code, reason)
+                self._close_deadline = trio.current_time() + self._options.close_timeout
+                await self._send_pending()
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Perform the closing handshake with ``code``/``reason``, bounded by ``close_timeout``.
+
+        Idempotent. Cancellation-safe: a cancelled ``aclose`` still closes the
+        TCP connection. Unread received data is discarded.
+        """
+        _check_close(code, reason)
+        if self._closed_locally:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed_locally = True
+        self._chunks.clear()
+        self._size = 0
+        self._data_lot.unpark_all()
+        self._space_lot.unpark_all()
+        try:
+            if not self._sending and not self._finished:
+                # A send blocked mid-frame cannot be followed by a close frame:
+                # then the connection is dropped at once.
+                with trio.move_on_after(self._options.close_timeout):
+                    try:
+                        async with self._send_lock:
+                            if self._ws.state is OPEN:
+                                self._ws.send_close(code, reason)
+                                self._close_deadline = (
+                                    trio.current_time() + self._options.close_timeout
+                                )
+                                await self._send_pending()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    await self._closed.wait()
+        finally:
+            self._cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport_stream)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is over (TCP closed)."""
+        await self._closed.wait()
+
+    # Extras
+
+    async def ping(self, data: bytes = b"", *, timeout: float | None = None) -> float:
+        """Send a ping; return the round-trip time in seconds when its pong arrives.
+
+        An empty ``data`` sends a unique random payload.
+
+        Raises:
+            trio.TooSlowError: no pong within ``timeout`` (default
+                ``ping_timeout``, else 20 s).
+            trio.BrokenResourceError: the connection ended first.
+        """
+        payload = bytes(data) or os.urandom(4)
+        while not data and payload in self._pings:
+            payload = os.urandom(4)
+        if payload in self._pings:
+            raise ValueError("a ping with this payload is already waiting for its pong")
+        if self._closed_locally:
+            raise trio.ClosedResourceError("this stream was closed")
+        done = trio.Event()
+        result: list[float] = []
+        self._pings[payload] = (done, trio.current_time(), result)
+        try:
+            async with self._send_lock:
+                if self._ws.state is not OPEN:
+                    raise trio.BrokenResourceError("cannot ping: the WebSocket is closing")
+                self._ws.send_ping(payload)
+                await self._send_pending()
+            with trio.fail_after(timeout if timeout is not None else self._ping_timeout or 20.0):
+                await done.wait()
+        finally:
+            self._pings.pop(payload, None)
+        if not result:
+            raise trio.BrokenResourceError("cannot ping: the connection closed first")
+        return result[0]
+
+    def _pong(self, payload: bytes) -> None:
+        if payload not in self._pings:
+            return
+        now = trio.current_time()
+        # A pong acknowledges its ping and every earlier one (RFC 6455 allows
+        # answering only the latest).
+        for key, (done, sent_at, result) in list(self._pings.items()):
+            result.append(now - sent_at)
+            done.set()
+            if key == payload:
+                break
+
+    def events(self) -> EventStream:
+        """Subscribe to events from now on: ``async for event in stream.events()``.
+
+        Bounded per subscriber (``max_events``, oldest dropped and counted);
+        never slows the data. Iteration ends after ``Closed``.
+        """
+        return EventStream(self._hub)
+
+
+def _check_close(code: int, reason: str) -> None:
+    try:
+        if len(Close(code, reason).serialize()) > 125:
+            raise ValueError("the close frame payload is over 125 bytes")
+    except Exception as exc:
+        raise ValueError(
+            f"cannot close with code {code} and reason {reason!r}: {exc} "
+            "(use 1000-1003, 1007-1014 or 3000-4999 and a reason of at most 123 bytes)"
+        ) from None
+
+
+class EventStream:
+    """An asynchronous iterator of one subscriber's events (trio)."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._lot = trio.lowlevel.ParkingLot()
+        self._sub: Subscription = hub.subscribe(self._wake)
+        self._hub = hub
+
+    def _wake(self) -> None:
+        self._lot.unpark_all()
+
+    @property
+    def dropped(self) -> int:
+        """Events this subscriber lost because it fell behind."""
+        return self._sub.dropped
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        sub = self._sub
+        while True:
+            event = sub.pop()
+            if event is not None:
+                await trio.lowlevel.checkpoint()
+                return event
+            if sub.finished():
+                raise StopAsyncIteration
+            await self._lot.park()
+
+    def close(self) -> None:
+        """Unsubscribe; iteration ends."""
+        self._hub.unsubscribe(self._sub)
+        self._sub.ended = True
+        self._sub.queue.clear()
+        self._lot.unpark_all()

@@ -16,14 +16,12 @@ had not returned in the buffer.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable
 from typing import Any, SupportsIndex
 
-__all__ = ["ChunkedStreamReader"]
+from .._buffer import ChunkBuffer
 
-#: read(n) joins buffered chunks smaller than this into one result.
-_GATHER_BELOW = 16384
+__all__ = ["ChunkedStreamReader"]
 
 
 class ChunkedStreamReader(asyncio.StreamReader):
@@ -45,13 +43,10 @@ class ChunkedStreamReader(asyncio.StreamReader):
 
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(limit=limit, loop=loop)
-        # chunks[0] may be a bytearray (a joined head) read from offset _pos.
-        self._chunks: deque[Any] = deque()
-        self._pos = 0
-        self._size = 0
+        self._chunks = ChunkBuffer()
 
     def __repr__(self) -> str:
-        info = [f"{self._size} bytes"] if self._size else []
+        info = [f"{len(self._chunks)} bytes"] if len(self._chunks) else []
         if self._eof:
             info.append("eof")
         if self._exception is not None:
@@ -65,7 +60,7 @@ class ChunkedStreamReader(asyncio.StreamReader):
     @property
     def buffered(self) -> int:
         """Bytes received and not read yet."""
-        return self._size
+        return len(self._chunks)
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         assert not self._eof, "feed_data after feed_eof"
@@ -75,13 +70,12 @@ class ChunkedStreamReader(asyncio.StreamReader):
         if not n:
             return
         self._chunks.append(chunk)
-        self._size += n
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        if self._size > self._limit and not self._paused and self._transport is not None:
+        if len(self._chunks) > self._limit and not self._paused and self._transport is not None:
             try:
                 self._transport.pause_reading()
             except NotImplementedError:
@@ -90,10 +84,10 @@ class ChunkedStreamReader(asyncio.StreamReader):
                 self._paused = True
 
     def at_eof(self) -> bool:
-        return self._eof and not self._size
+        return self._eof and not len(self._chunks)
 
     def _maybe_resume_transport(self) -> None:
-        if self._paused and self._size <= self._limit // 2:
+        if self._paused and len(self._chunks) <= self._limit // 2:
             self._paused = False
             assert self._transport is not None
             self._transport.resume_reading()
@@ -113,90 +107,20 @@ class ChunkedStreamReader(asyncio.StreamReader):
         finally:
             self._waiter = None
 
-    # Buffer primitives
-
     def _take(self, n: int, exact: bool = True) -> bytes:
-        """Remove and return ``n`` (> 0) bytes, or fewer if fewer are buffered.
-
-        With ``exact=False`` (``read(n)``), a large first chunk is returned
-        alone rather than copied into a join with the next ones.
-        """
-        chunks = self._chunks
-        first = chunks[0]
-        pos = self._pos
-        avail = len(first) - pos
-        if avail > n:
-            self._pos = pos + n
-            self._size -= n
-            self._maybe_resume_transport()
-            return bytes(memoryview(first)[pos : pos + n])
-        chunks.popleft()
-        self._pos = 0
-        if pos == 0 and type(first) is bytes:
-            out = first  # the zero-copy path: a whole frame
-        else:
-            out = bytes(memoryview(first)[pos:])
-        if avail == n or not chunks or (avail >= _GATHER_BELOW and not exact):
-            # A large chunk goes out alone: joining it to the next ones would
-            # copy it, and read(n) may return fewer than n bytes.
-            self._size -= avail
-            self._maybe_resume_transport()
-            return out
-        # Gather the following chunks up to n bytes.
-        parts = [out]
-        total = avail
-        while chunks and total < n:
-            chunk = chunks[0]
-            size = len(chunk)
-            if total + size <= n:
-                chunks.popleft()
-                parts.append(chunk)
-                total += size
-            else:
-                k = n - total
-                parts.append(bytes(memoryview(chunk)[:k]))
-                self._pos = k
-                total = n
-        self._size -= total
+        data = self._chunks.take(n, exact)
         self._maybe_resume_transport()
-        return b"".join(parts)
+        return data
 
     def _find(self, seps: tuple[bytes, ...], start: int) -> tuple[int, int]:
-        """Find the earliest separator at or after ``start``: (end, separator length).
-
-        ``(-1, 0)`` when none is buffered. Several chunks are first joined into
-        one bytearray head, so each byte is copied at most once per search run.
-        """
-        chunks = self._chunks
-        if len(chunks) > 1:
-            first = chunks[0]
-            if type(first) is bytearray:
-                if self._pos:
-                    del first[: self._pos]  # amortized O(1) at a bytearray's front
-            else:
-                first = bytearray(memoryview(first)[self._pos :])
-                chunks[0] = first
-            self._pos = 0
-            while len(chunks) > 1:
-                first += chunks[1]
-                del chunks[1]
-        buf = chunks[0]
-        pos = self._pos
-        end = -1
-        found = 0
-        for sep in seps:
-            i = buf.find(sep, pos + start)
-            if i != -1 and (end == -1 or i - pos + len(sep) < end):
-                end = i - pos + len(sep)
-                found = len(sep)
-        return end, found
+        return self._chunks.find(seps, start)
 
     # Consumer side: the StreamReader API
 
     async def read(self, n: int = -1) -> bytes:
         if n == 0:
             return b""
-        while not self._size:
+        while not len(self._chunks):
             if self._exception is not None:
                 raise self._exception
             if self._eof:
@@ -204,15 +128,15 @@ class ChunkedStreamReader(asyncio.StreamReader):
             await self._wait("read")
         if n < 0:
             # Read until EOF, as asyncio does (bounded by the caller's patience).
-            parts = [self._take(self._size)]
+            parts = [self._take(len(self._chunks))]
             while True:
-                while not self._size:
+                while not len(self._chunks):
                     if self._eof or self._exception is not None:
                         # After an error, the bytes before it come first; the
                         # next read raises.
                         return b"".join(parts)
                     await self._wait("read")
-                parts.append(self._take(self._size))
+                parts.append(self._take(len(self._chunks)))
         return self._take(n, exact=False)
 
     async def readexactly(self, n: int) -> bytes:
@@ -220,12 +144,12 @@ class ChunkedStreamReader(asyncio.StreamReader):
             raise ValueError("readexactly size can not be less than zero")
         if n == 0:
             return b""
-        while self._size < n:
+        while len(self._chunks) < n:
             if self._exception is not None:
                 # The bytes stay buffered: read() returns them, then raises.
                 raise self._exception
             if self._eof:
-                incomplete = self._take(self._size) if self._size else b""
+                incomplete = self._take(len(self._chunks)) if len(self._chunks) else b""
                 raise asyncio.IncompleteReadError(incomplete, n)
             await self._wait("readexactly")
         return self._take(n)
@@ -238,8 +162,8 @@ class ChunkedStreamReader(asyncio.StreamReader):
             return e.partial
         except asyncio.LimitOverrunError as e:
             # As asyncio: drop the over-long line (or what is buffered of it).
-            end, _ = self._find((sep,), e.consumed) if self._size else (-1, 0)
-            self._take(end if end != -1 else self._size) if self._size else None
+            end, _ = self._find((sep,), e.consumed) if len(self._chunks) else (-1, 0)
+            self._take(end if end != -1 else len(self._chunks)) if len(self._chunks) else None
             raise ValueError(e.args[0]) from None
 
     async def readuntil(self, separator: Any = b"\n") -> bytes:
@@ -253,7 +177,7 @@ class ChunkedStreamReader(asyncio.StreamReader):
         longest = len(seps[-1])
         start = 0
         while True:
-            if self._size:
+            if len(self._chunks):
                 end, found = self._find(seps, start)
                 if end != -1:
                     if end - found > self._limit:
@@ -261,7 +185,7 @@ class ChunkedStreamReader(asyncio.StreamReader):
                             "Separator is found, but chunk is longer than limit", end - found
                         )
                     return self._take(end)
-                start = max(0, self._size + 1 - longest)
+                start = max(0, len(self._chunks) + 1 - longest)
                 if start > self._limit:
                     raise asyncio.LimitOverrunError(
                         "Separator is not found, and chunk exceed the limit", start
@@ -269,6 +193,6 @@ class ChunkedStreamReader(asyncio.StreamReader):
             if self._exception is not None:
                 raise self._exception
             if self._eof:
-                partial = self._take(self._size) if self._size else b""
+                partial = self._take(len(self._chunks)) if len(self._chunks) else b""
                 raise asyncio.IncompleteReadError(partial, None)
             await self._wait("readuntil")

@@ -19,7 +19,6 @@ import logging
 import math
 import operator
 import os
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from websockets.frames import Close, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, OPEN, Protocol
 
+from .._buffer import ChunkBuffer
 from .._options import StreamOptions
 from .._policy import EventHub, Step, StreamPolicy, Subscription
 from ..events import Event
@@ -104,10 +104,7 @@ class WsStream(trio.abc.Stream):
         self._hub = EventHub(self._options.max_events)
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
-        # Received data: chunks, the first read from offset _pos.
-        self._chunks: deque[bytes] = deque()
-        self._pos = 0
-        self._size = 0
+        self._chunks = ChunkBuffer()  # received, not yet read
         self._eof = False
         self._read_error: BaseException | None = None
         self._finished = False  # the reader task is done: the connection is over
@@ -176,7 +173,7 @@ class WsStream(trio.abc.Stream):
         ws = self._ws
         self._process_events()  # what arrived with the handshake response
         while ws.state is not CLOSED:
-            while self._size > self._options.limit and not self._closed_locally:
+            while len(self._chunks) > self._options.limit and not self._closed_locally:
                 await self._space_lot.park()  # read backpressure: stop reading the socket
             cause: BaseException | None = None
             with trio.move_on_at(self._close_deadline) as scope:
@@ -224,7 +221,6 @@ class WsStream(trio.abc.Stream):
         data, event, failure, eof = step
         if data is not None:
             self._chunks.append(data)
-            self._size += len(data)
             self.bytes_received += len(data)
             self._data_lot.unpark_all()
         if event is not None:
@@ -317,7 +313,7 @@ class WsStream(trio.abc.Stream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             parked = False
-            while not self._size:
+            while not len(self._chunks):
                 if self._closed_locally:
                     raise trio.ClosedResourceError("this stream was closed")
                 if self._read_error is not None:
@@ -337,28 +333,10 @@ class WsStream(trio.abc.Stream):
             self._receiving = False
 
     def _take(self, n: int) -> bytes:
-        chunks = self._chunks
-        first = chunks[0]
-        pos = self._pos
-        avail = len(first) - pos
-        if avail > n:
-            out = first[pos : pos + n]
-            self._pos = pos + n
-        else:
-            chunks.popleft()
-            self._pos = 0
-            out = first if pos == 0 else first[pos:]
-            if avail < n and chunks and len(chunks[0]) <= n - avail:
-                parts = [out]
-                while chunks and len(chunks[0]) <= n - avail:
-                    chunk = chunks.popleft()
-                    parts.append(chunk)
-                    avail += len(chunk)
-                out = b"".join(parts)
-        self._size -= len(out)
-        if self._size <= self._options.limit // 2:
+        data = self._chunks.take(n, exact=False)
+        if len(self._chunks) <= self._options.limit // 2:
             self._space_lot.unpark_all()
-        return out
+        return data
 
     # trio.abc.SendStream
 
@@ -440,7 +418,6 @@ class WsStream(trio.abc.Stream):
             return
         self._closed_locally = True
         self._chunks.clear()
-        self._size = 0
         self._data_lot.unpark_all()
         self._space_lot.unpark_all()
         try:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -58,7 +59,46 @@ async def test_check_two_way_stream(nursery: trio.Nursery) -> None:
         server = await accepted.receive()
         return client, server
 
-    await trio.testing.check_two_way_stream(stream_maker, None)
+    clogged_uri, clogged_accepted = await accepting_server(nursery, close_timeout=2, limit=1)
+
+    async def clogged_stream_maker() -> tuple[WsStream, WsStream]:
+        # limit=1: each side's reader stops reading the socket as soon as it
+        # holds more than a byte, so valid frames written below fill the kernel
+        # buffers both ways; then any send blocks until the other side reads.
+        client = await client_in(nursery, clogged_uri, close_timeout=2, limit=1)
+        server = await clogged_accepted.receive()
+        for _ in range(3):  # refill after each reader took its last chunk
+            fill_socket(client)
+            fill_socket(server)
+            await trio.testing.wait_all_tasks_blocked()
+        return client, server
+
+    await trio.testing.check_two_way_stream(stream_maker, clogged_stream_maker)
+
+
+def fill_socket(stream: WsStream) -> None:
+    """Write whole binary frames straight to the socket until the kernel refuses more.
+
+    A frame the kernel took only in part keeps its rest at the head of
+    websockets' outgoing queue, so the stream sends it first: the framing stays
+    valid.
+    """
+    protocol = stream.websocket
+    transport = stream.transport_stream
+    assert isinstance(transport, trio.SocketStream)
+    with socket.socket(fileno=os.dup(transport.socket.fileno())) as sock:
+        sock.setblocking(False)
+        while True:
+            protocol.send_binary(b"\0" * 4096)
+            frame = b"".join(protocol.data_to_send())
+            try:
+                sent = sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):
+                protocol.writes.insert(0, frame[sent:])
+                stream._flush_lot.unpark_all()  # the flusher sends the rest (blocks)
+                return
 
 
 async def test_bidirectional_bulk_echo_never_hangs(nursery: trio.Nursery) -> None:

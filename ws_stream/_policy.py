@@ -21,7 +21,7 @@ import codecs
 import enum
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Literal, NamedTuple
+from typing import Final, Generic, Literal, NamedTuple, TypeVar
 
 from websockets.exceptions import PayloadTooBig
 from websockets.exceptions import ProtocolError as WsProtocolError
@@ -219,70 +219,88 @@ def _violation_message(exc: BaseException, code: int) -> str:
 
 
 # Events: bounded per-subscriber queues. A slow subscriber loses its oldest
-# events (counted), never slows the data path, and always gets Closed last.
+# events (counted), never slows the data path, and always gets the final one
+# (Closed) last. The same hub carries a reconnecting client's status changes.
+
+T = TypeVar("T")
 
 
-class Subscription:
-    """One subscriber's queue of events, bounded to ``maxlen``."""
+def _is_closed(item: object) -> bool:
+    return isinstance(item, Closed)
 
-    __slots__ = ("dropped", "ended", "maxlen", "queue", "wake")
 
-    def __init__(self, maxlen: int, wake: Callable[[], None]) -> None:
+class Subscription(Generic[T]):
+    """One subscriber's queue, bounded to ``maxlen``; nothing comes after the final item."""
+
+    __slots__ = ("dropped", "ended", "is_final", "maxlen", "queue", "wake")
+
+    def __init__(
+        self, maxlen: int, wake: Callable[[], None], is_final: Callable[[T], bool]
+    ) -> None:
         self.maxlen = maxlen
-        self.queue: deque[Event] = deque()
+        self.queue: deque[T] = deque()
         self.dropped = 0
-        self.ended = False  # Closed was queued: nothing comes after it
+        self.ended = False  # the final item was queued
         self.wake = wake
+        self.is_final = is_final
 
-    def push(self, event: Event) -> None:
+    def push(self, item: T) -> None:
         if self.ended:
             return
         if len(self.queue) >= self.maxlen:
             self.queue.popleft()
             self.dropped += 1
-        self.queue.append(event)
-        if isinstance(event, Closed):
+        self.queue.append(item)
+        if self.is_final(item):
             self.ended = True
         self.wake()
 
-    def pop(self) -> Event | None:
-        """The next event, or None when none is queued."""
+    def pop(self) -> T | None:
+        """The next item, or None when none is queued."""
         return self.queue.popleft() if self.queue else None
 
     def finished(self) -> bool:
-        """True once Closed was delivered: the iteration ends."""
+        """True once the final item was delivered: the iteration ends."""
         return self.ended and not self.queue
 
+    def cancel(self) -> None:
+        """End this subscription now, dropping what is queued."""
+        self.ended = True
+        self.queue.clear()
+        self.wake()
 
-class EventHub:
-    """Publishes events to every current subscriber."""
 
-    def __init__(self, maxlen: int = 256) -> None:
+class EventHub(Generic[T]):
+    """Publishes items (events, statuses) to every current subscriber."""
+
+    def __init__(self, maxlen: int = 256, is_final: Callable[[T], bool] = _is_closed) -> None:
         if maxlen < 1:
             raise ValueError("the event queue length must be at least 1")
         self.maxlen = maxlen
-        self.subscriptions: list[Subscription] = []
-        self.closed: Closed | None = None
+        self.is_final = is_final
+        self.subscriptions: list[Subscription[T]] = []
+        self.final: T | None = None
 
-    def subscribe(self, wake: Callable[[], None]) -> Subscription:
-        """Subscribe from now on; after the end, the subscription holds only Closed."""
-        sub = Subscription(self.maxlen, wake)
-        if self.closed is not None:
-            sub.push(self.closed)
+    def subscribe(self, wake: Callable[[], None]) -> Subscription[T]:
+        """Subscribe from now on; after the end, the subscription holds only the final item."""
+        sub = Subscription(self.maxlen, wake, self.is_final)
+        if self.final is not None:
+            sub.push(self.final)
         else:
             self.subscriptions.append(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription[T]) -> None:
         if sub in self.subscriptions:
             self.subscriptions.remove(sub)
+        sub.cancel()
 
-    def publish(self, event: Event) -> None:
-        if self.closed is not None:
+    def publish(self, item: T) -> None:
+        if self.final is not None:
             return
-        if isinstance(event, Closed):
-            self.closed = event
+        if self.is_final(item):
+            self.final = item
         for sub in self.subscriptions:
-            sub.push(event)
-        if self.closed is not None:
+            sub.push(item)
+        if self.final is not None:
             self.subscriptions.clear()

@@ -24,6 +24,8 @@ from websockets.protocol import State as WsState
 
 from .._options import StreamOptions
 from .._policy import EventHub, Step, StreamPolicy
+from ..events import Event
+from ..stats import StreamStats
 
 if TYPE_CHECKING:
     from websockets.protocol import Event as WsEvent
@@ -66,7 +68,7 @@ class WsTransport(asyncio.Transport):
         self,
         websocket: Connection,
         options: StreamOptions,
-        hub: EventHub,
+        hub: EventHub[Event],
         owner: object,
     ) -> None:
         super().__init__()
@@ -94,8 +96,7 @@ class WsTransport(asyncio.Transport):
         self._parser_exc_seen = False
         self.close_code_to_send = 1000
         self.close_reason_to_send = ""
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.stats = StreamStats()
 
     # Wiring
 
@@ -134,6 +135,12 @@ class WsTransport(asyncio.Transport):
 
     def _events_received(self) -> list[WsEvent]:
         events = self._ws_events_received()
+        if not events:
+            self._check_parser()
+            return events
+        stats = self.stats
+        stats.frames_received += len(events)
+        stats.last_frame_at = self._loop.time()
         keep: list[WsEvent] = []
         receive = self._policy.receive_frame
         for event in events:
@@ -141,6 +148,8 @@ class WsTransport(asyncio.Transport):
                 self._apply(receive(event.opcode, bytes(event.data), event.fin))
                 if event.opcode in _DATA_OPCODES:
                     continue  # ours: never queued in websockets' assembler
+                if event.opcode is Opcode.PONG:
+                    stats.pongs_received += 1
             keep.append(event)  # control frames: websockets acknowledges pongs
         self._check_parser()
         if self._ws.state is not _OPEN:
@@ -176,7 +185,7 @@ class WsTransport(asyncio.Transport):
     def _deliver(self, data: bytes) -> None:
         if self._protocol_lost:
             return
-        self.bytes_received += len(data)
+        self.stats.bytes_received += len(data)
         protocol = self._protocol
         if self._buffered:
             _feed_buffered(protocol, data)  # type: ignore[arg-type]
@@ -360,13 +369,16 @@ class WsTransport(asyncio.Transport):
         ws = self._ws
         size = self._max_frame
         n = len(data) if type(data) is not memoryview else data.nbytes
+        stats = self.stats
         if n <= size:
             ws.send_binary(data)
+            stats.frames_sent += 1
         else:
             view = memoryview(data).cast("B")
             for start in range(0, n, size):
                 ws.send_binary(view[start : start + size])
-        self.bytes_sent += n
+            stats.frames_sent += -(-n // size)
+        stats.bytes_sent += n
         self._conn.send_data()
 
     def _flush(self, reschedule: bool = True) -> None:

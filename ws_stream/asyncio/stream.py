@@ -16,6 +16,7 @@ from websockets.protocol import CLOSED, SERVER
 from .._options import StreamOptions
 from .._policy import EventHub, Subscription
 from ..events import Event
+from ..stats import StreamStats
 from ._reader import ChunkedStreamReader
 from ._transport import WsTransport
 
@@ -67,7 +68,7 @@ class WsStream:
         self._options = _options
         self._websocket = websocket
         self._loop = websocket.loop
-        self._hub = EventHub(_options.max_events)
+        self._hub = EventHub[Event](_options.max_events)
         self._transport = WsTransport(websocket, _options, self._hub, self)
         self._reader = ChunkedStreamReader(_options.limit, self._loop)
         # A server-side StreamReaderProtocol has a connected callback: that is
@@ -125,14 +126,22 @@ class WsStream:
         return "" if ws.state is CLOSED else None
 
     @property
+    def stats(self) -> StreamStats:
+        """Byte, frame and ping counters and the latest ping latency (live object)."""
+        stats = self._transport.stats
+        if self._websocket.latency:  # websockets measures keepalive pings too
+            stats.last_latency = self._websocket.latency
+        return stats
+
+    @property
     def bytes_sent(self) -> int:
         """Payload bytes handed to websockets so far."""
-        return self._transport.bytes_sent
+        return self._transport.stats.bytes_sent
 
     @property
     def bytes_received(self) -> int:
         """Payload bytes delivered to the reader so far."""
-        return self._transport.bytes_received
+        return self._transport.stats.bytes_received
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Flush, perform the closing handshake with ``code``/``reason``, wait for the end.
@@ -193,7 +202,10 @@ class WsStream:
         try:
             async with asyncio.timeout(timeout):
                 pong = await self._websocket.ping(data or None)
-                return await pong
+                self._transport.stats.pings_sent += 1
+                latency = await pong
+                self._transport.stats.last_latency = latency
+                return latency
         except ConnectionClosed as exc:
             raise ConnectionResetError(f"cannot ping: the connection is closed ({exc})") from exc
 
@@ -225,11 +237,11 @@ class WsStream:
 class EventStream:
     """An asynchronous iterator of one subscriber's events."""
 
-    def __init__(self, hub: EventHub, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, hub: EventHub[Event], loop: asyncio.AbstractEventLoop) -> None:
         self._hub = hub
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
-        self._sub: Subscription = hub.subscribe(self._wake)
+        self._sub: Subscription[Event] = hub.subscribe(self._wake)
 
     @property
     def dropped(self) -> int:
@@ -261,9 +273,6 @@ class EventStream:
     def close(self) -> None:
         """Unsubscribe; iteration ends."""
         self._hub.unsubscribe(self._sub)
-        self._sub.ended = True
-        self._sub.queue.clear()
-        self._wake()
 
     async def aclose(self) -> None:
         self.close()

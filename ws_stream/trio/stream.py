@@ -31,6 +31,7 @@ from .._buffer import ChunkBuffer
 from .._options import StreamOptions
 from .._policy import EventHub, Step, StreamPolicy, Subscription
 from ..events import Event
+from ..stats import StreamStats
 
 __all__ = ["EventStream", "WsStream"]
 
@@ -101,7 +102,7 @@ class WsStream(trio.abc.Stream):
         self.request = request
         self.response = response
         self._policy = StreamPolicy(on_text=self._options.on_text)
-        self._hub = EventHub(self._options.max_events)
+        self._hub = EventHub[Event](self._options.max_events)
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._chunks = ChunkBuffer()  # received, not yet read
@@ -119,8 +120,7 @@ class WsStream(trio.abc.Stream):
         self._close_deadline = math.inf
         self._pings: dict[bytes, tuple[trio.Event, float, list[float]]] = {}
         self._cancel_scope = trio.CancelScope()
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.stats = StreamStats()
         nursery.start_soon(self._run)
 
     def __repr__(self) -> str:
@@ -199,10 +199,15 @@ class WsStream(trio.abc.Stream):
     def _process_events(self) -> None:
         ws = self._ws
         receive = self._policy.receive_frame
-        for event in ws.events_received():
+        events = ws.events_received()
+        if events:
+            self.stats.frames_received += len(events)
+            self.stats.last_frame_at = trio.current_time()
+        for event in events:
             opcode = event.opcode  # type: ignore[union-attr]
             self._apply(receive(opcode, bytes(event.data), event.fin))  # type: ignore[union-attr]
             if opcode is _PONG:
+                self.stats.pongs_received += 1
                 self._pong(bytes(event.data))  # type: ignore[union-attr]
         if ws.parser_exc is not None and self._read_error is None:
             code = ws.close_sent.code if ws.close_sent is not None else None
@@ -221,7 +226,7 @@ class WsStream(trio.abc.Stream):
         data, event, failure, eof = step
         if data is not None:
             self._chunks.append(data)
-            self.bytes_received += len(data)
+            self.stats.bytes_received += len(data)
             self._data_lot.unpark_all()
         if event is not None:
             self._hub.publish(event)
@@ -369,7 +374,8 @@ class WsStream(trio.abc.Stream):
                     chunk = view[start : start + size]
                     self._ws.send_binary(chunk)
                     await self._send_pending()
-                    self.bytes_sent += len(chunk)
+                    self.stats.bytes_sent += len(chunk)
+                    self.stats.frames_sent += 1
         finally:
             self._sending = False
 
@@ -473,12 +479,14 @@ class WsStream(trio.abc.Stream):
                     raise trio.BrokenResourceError("cannot ping: the WebSocket is closing")
                 self._ws.send_ping(payload)
                 await self._send_pending()
+                self.stats.pings_sent += 1
             with trio.fail_after(timeout if timeout is not None else self._ping_timeout or 20.0):
                 await done.wait()
         finally:
             self._pings.pop(payload, None)
         if not result:
             raise trio.BrokenResourceError("cannot ping: the connection closed first")
+        self.stats.last_latency = result[0]
         return result[0]
 
     def _pong(self, payload: bytes) -> None:
@@ -516,9 +524,9 @@ def _check_close(code: int, reason: str) -> None:
 class EventStream:
     """An asynchronous iterator of one subscriber's events (trio)."""
 
-    def __init__(self, hub: EventHub) -> None:
+    def __init__(self, hub: EventHub[Event]) -> None:
         self._lot = trio.lowlevel.ParkingLot()
-        self._sub: Subscription = hub.subscribe(self._wake)
+        self._sub: Subscription[Event] = hub.subscribe(self._wake)
         self._hub = hub
 
     def _wake(self) -> None:
@@ -546,6 +554,3 @@ class EventStream:
     def close(self) -> None:
         """Unsubscribe; iteration ends."""
         self._hub.unsubscribe(self._sub)
-        self._sub.ended = True
-        self._sub.queue.clear()
-        self._lot.unpark_all()

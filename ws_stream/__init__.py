@@ -3,6 +3,7 @@
 from . import events
 from ._options import StreamOptions
 from .asyncio import EventStream, Server, WsStream, connect_stream, open_connection, start_server
+from .asyncio.reconnect import Reconnecting, reconnecting
 from .exceptions import (
     AbnormalClosureError,
     HandshakeError,
@@ -10,20 +11,30 @@ from .exceptions import (
     TextFrameError,
     WsStreamError,
 )
+from .reconnect import Backoff, ConnectionState, IdleTimeoutError, ReconnectPolicy, Status
+from .stats import StreamStats
 
 __all__ = [
     "AbnormalClosureError",
+    "Backoff",
+    "ConnectionState",
     "EventStream",
     "HandshakeError",
+    "IdleTimeoutError",
     "ProtocolError",
+    "ReconnectPolicy",
+    "Reconnecting",
     "Server",
+    "Status",
     "StreamOptions",
+    "StreamStats",
     "TextFrameError",
     "WsStream",
     "WsStreamError",
     "connect_stream",
     "events",
     "open_connection",
+    "reconnecting",
     "start_server",
 ]
 

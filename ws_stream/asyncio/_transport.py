@@ -119,6 +119,9 @@ class WsTransport(asyncio.Transport):
             assembler.paused = False
             self._tcp.resume_reading()
         protocol.connection_made(self)
+        if queued:
+            self.stats.frames_received += len(queued)
+            self.stats.last_frame_at = self._loop.time()
         for frame in queued:
             self._apply(self._policy.receive_frame(frame.opcode, bytes(frame.data), frame.fin))
         if ws.close_rcvd is not None:
@@ -130,6 +133,11 @@ class WsTransport(asyncio.Transport):
             # websockets is paused already: so are we.
             self._tcp_pause_writing(forward_only=True)
         conn.connection_lost_waiter.add_done_callback(self._ws_lost)
+
+    @property
+    def error(self) -> Exception | None:
+        """The error the stream ended with (None while open or after a clean close)."""
+        return self._policy.error
 
     # Incoming: websockets' Sans-I/O events, taken as they are parsed
 

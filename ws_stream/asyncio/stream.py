@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
@@ -23,6 +23,8 @@ from ._transport import WsTransport
 __all__ = ["EventStream", "WsStream"]
 
 logger = logging.getLogger("ws_stream.asyncio")
+
+T = TypeVar("T")
 
 _WRAP_OPTIONS = frozenset({"limit", "max_frame_size", "on_text", "close_timeout", "max_events"})
 
@@ -126,6 +128,11 @@ class WsStream:
         return "" if ws.state is CLOSED else None
 
     @property
+    def error(self) -> Exception | None:
+        """What ended the stream abnormally (text frame, violation, lost connection), or None."""
+        return self._transport.error
+
+    @property
     def stats(self) -> StreamStats:
         """Byte, frame and ping counters and the latest ping latency (live object)."""
         stats = self._transport.stats
@@ -209,7 +216,7 @@ class WsStream:
         except ConnectionClosed as exc:
             raise ConnectionResetError(f"cannot ping: the connection is closed ({exc})") from exc
 
-    def events(self) -> EventStream:
+    def events(self) -> EventStream[Event]:
         """Subscribe to events from now on: ``async for event in stream.events()``.
 
         Each subscriber has its own queue of ``max_events``; a slow one loses
@@ -234,18 +241,18 @@ class WsStream:
             await self.close(1011, "internal error")
 
 
-class EventStream:
-    """An asynchronous iterator of one subscriber's events."""
+class EventStream(Generic[T]):
+    """An asynchronous iterator of one subscriber's items (events, or statuses)."""
 
-    def __init__(self, hub: EventHub[Event], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, hub: EventHub[T], loop: asyncio.AbstractEventLoop) -> None:
         self._hub = hub
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
-        self._sub: Subscription[Event] = hub.subscribe(self._wake)
+        self._sub: Subscription[T] = hub.subscribe(self._wake)
 
     @property
     def dropped(self) -> int:
-        """Events this subscriber lost because it fell behind."""
+        """Items this subscriber lost because it fell behind."""
         return self._sub.dropped
 
     def _wake(self) -> None:
@@ -253,15 +260,15 @@ class EventStream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> T:
         sub = self._sub
         while True:
-            event = sub.pop()
-            if event is not None:
-                return event
+            item = sub.pop()
+            if item is not None:
+                return item
             if sub.finished():
                 raise StopAsyncIteration
             self._waiter = self._loop.create_future()

@@ -20,7 +20,7 @@ import math
 import operator
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 from websockets.frames import Close, Opcode
@@ -36,6 +36,8 @@ from ..stats import StreamStats
 __all__ = ["EventStream", "WsStream"]
 
 logger = logging.getLogger("ws_stream.trio")
+
+T = TypeVar("T")
 
 _RECEIVE_SIZE = 2**18
 _DEFAULT_MAX_BYTES = 2**16
@@ -136,6 +138,11 @@ class WsStream(trio.abc.Stream):
     @property
     def subprotocol(self) -> str | None:
         return self._ws.subprotocol
+
+    @property
+    def error(self) -> Exception | None:
+        """What ended the stream abnormally (text frame, violation, lost connection), or None."""
+        return self._policy.error
 
     @property
     def close_code(self) -> int | None:
@@ -501,7 +508,7 @@ class WsStream(trio.abc.Stream):
             if key == payload:
                 break
 
-    def events(self) -> EventStream:
+    def events(self) -> EventStream[Event]:
         """Subscribe to events from now on: ``async for event in stream.events()``.
 
         Bounded per subscriber (``max_events``, oldest dropped and counted);
@@ -521,32 +528,32 @@ def _check_close(code: int, reason: str) -> None:
         ) from None
 
 
-class EventStream:
-    """An asynchronous iterator of one subscriber's events (trio)."""
+class EventStream(Generic[T]):
+    """An asynchronous iterator of one subscriber's items (events, or statuses), for trio."""
 
-    def __init__(self, hub: EventHub[Event]) -> None:
+    def __init__(self, hub: EventHub[T]) -> None:
         self._lot = trio.lowlevel.ParkingLot()
-        self._sub: Subscription[Event] = hub.subscribe(self._wake)
         self._hub = hub
+        self._sub: Subscription[T] = hub.subscribe(self._wake)
 
     def _wake(self) -> None:
         self._lot.unpark_all()
 
     @property
     def dropped(self) -> int:
-        """Events this subscriber lost because it fell behind."""
+        """Items this subscriber lost because it fell behind."""
         return self._sub.dropped
 
-    def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> T:
         sub = self._sub
         while True:
-            event = sub.pop()
-            if event is not None:
+            item = sub.pop()
+            if item is not None:
                 await trio.lowlevel.checkpoint()
-                return event
+                return item
             if sub.finished():
                 raise StopAsyncIteration
             await self._lot.park()

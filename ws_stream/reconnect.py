@@ -1,0 +1,291 @@
+"""Reconnecting: backoff, policy presets, connection state. Runtime-neutral, no I/O.
+
+A reconnecting client never splices two connections into one stream: it hands
+out a fresh stream per connection. :class:`ReconnectMachine` decides how long
+to wait, when to give up and what to report; the asyncio and trio loops
+(:func:`ws_stream.reconnecting`, :func:`ws_stream.trio.reconnecting`) only
+connect, sleep and yield.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .exceptions import HandshakeError
+from .stats import StreamStats
+
+__all__ = [
+    "Backoff",
+    "ConnectionState",
+    "IdleTimeoutError",
+    "ReconnectMachine",
+    "ReconnectPolicy",
+    "Status",
+    "is_fatal",
+]
+
+
+class Backoff:
+    """Exponential delays with jitter: ``initial * factor**n``, times a random
+    factor in ``[1 - jitter, 1 + jitter]``, capped at ``max_delay``.
+
+    Deterministic with ``seed``. :meth:`reset` starts again from ``initial``
+    (after a connection that stayed up).
+    """
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        factor: float = 2.0,
+        jitter: float = 0.1,
+        max_delay: float = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        if not initial >= 0:
+            raise ValueError(f"initial must be >= 0 seconds, not {initial!r}")
+        if not factor >= 1:
+            raise ValueError(f"factor must be >= 1, not {factor!r}")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1, not {jitter!r}")
+        if not max_delay >= initial:
+            raise ValueError(f"max_delay ({max_delay!r}) must be >= initial ({initial!r})")
+        self.initial = initial
+        self.factor = factor
+        self.jitter = jitter
+        self.max_delay = max_delay
+        self.seed = seed
+        self._random = random.Random(seed)
+        self._attempt = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Backoff(initial={self.initial}, factor={self.factor}, jitter={self.jitter}, "
+            f"max_delay={self.max_delay}, seed={self.seed})"
+        )
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt, in seconds."""
+        base = self.initial * self.factor ** min(self._attempt, 1000)
+        self._attempt += 1
+        spread = self._random.uniform(1 - self.jitter, 1 + self.jitter)
+        return min(self.max_delay, base * spread)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def copy(self) -> Backoff:
+        """A fresh backoff with the same parameters (and seed)."""
+        return Backoff(self.initial, self.factor, self.jitter, self.max_delay, self.seed)
+
+
+OnConnect = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How a reconnecting client waits, when it gives up, and what it runs on connect.
+
+    ``idle_timeout``: no inbound frame of any kind for that long drops the
+    connection with 1001 and counts as an error (keepalive pings are sent at
+    half that interval, so a healthy idle link stays up). ``max_attempts``:
+    that many consecutive failed attempts raise the last error (None: never
+    give up). ``on_connect``: an async callable run after every (re)connect,
+    before the stream is handed out. ``stable_after``: a connection that
+    stayed up that long resets the backoff.
+    """
+
+    backoff: Backoff = field(default_factory=Backoff)
+    idle_timeout: float | None = None
+    max_attempts: int | None = None
+    on_connect: OnConnect | None = None
+    stable_after: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout is not None and not self.idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds or None, not {self.idle_timeout}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1 or None, not {self.max_attempts}")
+
+    @classmethod
+    def fast_reconnect(cls, **overrides: Any) -> ReconnectPolicy:
+        """0.5 s, x1.5, capped at 10 s; idle timeout 10 s."""
+        return cls(Backoff(0.5, 1.5, max_delay=10.0), idle_timeout=10.0, **overrides)
+
+    @classmethod
+    def stable_connection(cls, **overrides: Any) -> ReconnectPolicy:
+        """2 s, x2.0, capped at 120 s; idle timeout 60 s."""
+        return cls(Backoff(2.0, 2.0, max_delay=120.0), idle_timeout=60.0, **overrides)
+
+    @classmethod
+    def low_latency(cls, **overrides: Any) -> ReconnectPolicy:
+        """0.1 s, x1.2, capped at 5 s; idle timeout 5 s."""
+        return cls(Backoff(0.1, 1.2, max_delay=5.0), idle_timeout=5.0, **overrides)
+
+    def with_options(self, **changes: Any) -> ReconnectPolicy:
+        return replace(self, **changes)
+
+
+class Status(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing_off"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """A snapshot of a reconnecting client."""
+
+    connection_id: int
+    status: Status
+    reconnect_count: int
+    error_count: int
+    last_error: BaseException | None
+    connected_since: float | None
+    bytes_sent: int
+    bytes_received: int
+    frames_sent: int
+    frames_received: int
+    last_latency: float | None
+
+
+class IdleTimeoutError(TimeoutError):
+    """No frame of any kind arrived within ``idle_timeout``: dropped with 1001."""
+
+
+_FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 426})
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True for failures that retrying cannot fix (on a first attempt, raise at once).
+
+    Fatal: an invalid URI or option (ValueError, TypeError), a handshake refused
+    with 400/401/403/404/405/410/426, a TLS certificate rejected. Transient:
+    refused or reset connections, timeouts, HTTP 5xx, anything else.
+    """
+    if isinstance(exc, ValueError | TypeError):
+        return True
+    if isinstance(exc, HandshakeError):
+        return exc.status in _FATAL_STATUSES
+    return isinstance(exc, ssl.SSLCertVerificationError)
+
+
+class ReconnectMachine:
+    """The decisions of a reconnect loop; the runtime loop calls these in order::
+
+    attempt() -> (connect) -> connected(now) | failed(exc, now) -> delay
+    ... disconnected(error, now) -> delay ... close()
+    """
+
+    def __init__(self, policy: ReconnectPolicy) -> None:
+        self.policy = policy
+        self.backoff = policy.backoff.copy()
+        self._ids = itertools.count(1)
+        self.connection_id = 0
+        self.status = Status.CONNECTING
+        self.reconnect_count = 0
+        self.error_count = 0
+        self.last_error: BaseException | None = None
+        self.connected_since: float | None = None
+        self.consecutive_failures = 0
+        self.ever_connected = False
+        self.totals = StreamStats()  # of finished connections
+        self.current: StreamStats | None = None
+
+    def attempt(self) -> Status:
+        self.status = Status.CONNECTING
+        return self.status
+
+    def connected(self, now: float, stats: StreamStats) -> Status:
+        self.connection_id = next(self._ids)
+        if self.ever_connected:
+            self.reconnect_count += 1
+        self.ever_connected = True
+        self.consecutive_failures = 0
+        self.connected_since = now
+        self.current = stats
+        self.status = Status.CONNECTED
+        return self.status
+
+    def failed(self, exc: BaseException) -> float:
+        """A connection attempt failed: the delay before the next one.
+
+        Raises ``exc``: it is fatal on the first attempt, or ``max_attempts``
+        consecutive attempts failed.
+        """
+        self.error_count += 1
+        self.last_error = exc
+        self.consecutive_failures += 1
+        if is_fatal(exc) and not self.ever_connected:
+            self.status = Status.CLOSED
+            raise exc
+        limit = self.policy.max_attempts
+        if limit is not None and self.consecutive_failures >= limit:
+            self.status = Status.CLOSED
+            raise exc
+        self.status = Status.BACKING_OFF
+        return self.backoff.next_delay()
+
+    def disconnected(self, error: BaseException | None, now: float) -> float:
+        """The connection ended (``error`` if it failed): the delay before reconnecting."""
+        if error is not None:
+            self.error_count += 1
+            self.last_error = error
+        stayed = self.connected_since is not None and (
+            now - self.connected_since >= self.policy.stable_after
+        )
+        if stayed:
+            self.backoff.reset()
+        if self.current is not None:
+            for name in ("bytes_sent", "bytes_received", "frames_sent", "frames_received"):
+                setattr(self.totals, name, getattr(self.totals, name) + getattr(self.current, name))
+            self.totals.last_latency = self.current.last_latency or self.totals.last_latency
+            self.current = None
+        self.connected_since = None
+        self.status = Status.BACKING_OFF
+        return self.backoff.next_delay()
+
+    def close(self) -> Status:
+        self.status = Status.CLOSED
+        return self.status
+
+    def snapshot(self) -> ConnectionState:
+        current = self.current or StreamStats()
+        totals = self.totals
+        return ConnectionState(
+            connection_id=self.connection_id,
+            status=self.status,
+            reconnect_count=self.reconnect_count,
+            error_count=self.error_count,
+            last_error=self.last_error,
+            connected_since=self.connected_since,
+            bytes_sent=totals.bytes_sent + current.bytes_sent,
+            bytes_received=totals.bytes_received + current.bytes_received,
+            frames_sent=totals.frames_sent + current.frames_sent,
+            frames_received=totals.frames_received + current.frames_received,
+            last_latency=current.last_latency or totals.last_latency,
+        )
+
+    def is_healthy(self, now: float) -> bool:
+        """Connected, and (with an idle timeout) a frame arrived recently."""
+        if self.status is not Status.CONNECTED or self.current is None:
+            return False
+        idle = self.policy.idle_timeout
+        if idle is None:
+            return True
+        last = self.current.last_frame_at or self.connected_since
+        return last is not None and now - last < idle
+
+    def idle_deadline(self) -> float | None:
+        """When the current connection times out if no frame arrives (None: no timeout)."""
+        idle = self.policy.idle_timeout
+        if idle is None or self.current is None:
+            return None
+        last = self.current.last_frame_at or self.connected_since
+        return None if last is None else last + idle

@@ -28,6 +28,7 @@ __all__ = [
     "ReconnectPolicy",
     "Status",
     "is_fatal",
+    "keepalive_options",
 ]
 
 
@@ -157,6 +158,23 @@ class ConnectionState:
 
 class IdleTimeoutError(TimeoutError):
     """No frame of any kind arrived within ``idle_timeout``: dropped with 1001."""
+
+
+def keepalive_options(policy: ReconnectPolicy, options: dict[str, Any]) -> dict[str, Any]:
+    """With an idle timeout, ping at least twice per timeout so a healthy link stays up."""
+    idle = policy.idle_timeout
+    if idle is None:
+        return options
+    options = dict(options)
+    interval = options.get("ping_interval", 20.0)
+    if interval is None or interval > idle / 2:
+        options["ping_interval"] = idle / 2
+    # The idle timeout decides when a silent link is dead (and closes it with
+    # 1001): a keepalive ping timeout must not pre-empt it.
+    timeout = options.get("ping_timeout")
+    if timeout is None or timeout >= idle:
+        options["ping_timeout"] = None
+    return options
 
 
 _FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 426})

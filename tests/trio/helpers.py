@@ -100,7 +100,11 @@ class TrioRawPeer:
                 (n,) = struct.unpack("!H", await self._read_exactly(2))
             elif n == 127:
                 (n,) = struct.unpack("!Q", await self._read_exactly(8))
-            return Frame(bool(b0 & 0x80), b0 & 0x0F, await self._read_exactly(n))
+            key = await self._read_exactly(4) if b1 & 0x80 else None
+            payload = await self._read_exactly(n)
+            if key:  # frames from a client are masked
+                payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+            return Frame(bool(b0 & 0x80), b0 & 0x0F, payload)
 
     async def recv_close(self) -> tuple[int, str]:
         while True:

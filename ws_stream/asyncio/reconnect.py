@@ -15,6 +15,7 @@ from ..reconnect import (
     ReconnectMachine,
     ReconnectPolicy,
     Status,
+    keepalive_options,
 )
 from .client import connect_stream
 from .stream import EventStream, WsStream
@@ -24,21 +25,6 @@ __all__ = ["Reconnecting", "reconnecting"]
 logger = logging.getLogger("ws_stream.reconnect")
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def keepalive_options(policy: ReconnectPolicy, options: dict[str, Any]) -> dict[str, Any]:
-    """With an idle timeout, ping at least twice per timeout so a healthy link stays up."""
-    idle = policy.idle_timeout
-    if idle is None:
-        return options
-    options = dict(options)
-    interval = options.get("ping_interval", 20.0)
-    if interval is None or interval > idle / 2:
-        options["ping_interval"] = idle / 2
-    timeout = options.get("ping_timeout", 20.0)
-    if timeout is None or timeout > idle:
-        options["ping_timeout"] = idle
-    return options
 
 
 class Reconnecting:
@@ -201,7 +187,8 @@ def reconnecting(
     """A reconnecting client: ``async for reader, writer in reconnecting(uri, policy=...)``.
 
     ``options`` are those of :func:`ws_stream.open_connection`. With an
-    ``idle_timeout``, ``ping_interval`` is lowered to half of it (and
-    ``ping_timeout`` to it) so that a healthy idle link stays up.
+    ``idle_timeout``, ``ping_interval`` is lowered to half of it so that a
+    healthy idle link stays up, and the idle timeout (not a keepalive ping
+    timeout) decides when a silent link is dead.
     """
     return Reconnecting(uri, policy=policy, **options)

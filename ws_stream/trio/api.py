@@ -11,10 +11,11 @@ from typing import Any
 import trio
 
 from .._options import split_options
+from ._util import open_collapsing_nursery
 from .handshake import client_handshake, connect_transport, parse, server_handshake
 from .stream import WsStream
 
-__all__ = ["open_websocket_stream", "serve_websocket_stream"]
+__all__ = ["connect_stream", "open_websocket_stream", "serve_websocket_stream"]
 
 logger = logging.getLogger("ws_stream.trio")
 
@@ -41,10 +42,26 @@ async def open_websocket_stream(
         OSError: the TCP connection failed.
         ValueError: an invalid URI or option.
     """
+    async with open_collapsing_nursery() as nursery:
+        stream = await connect_stream(nursery, uri, ssl=ssl, **options)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+
+async def connect_stream(
+    nursery: trio.Nursery, uri: str, *, ssl: ssl_module.SSLContext | None = None, **options: Any
+) -> WsStream:
+    """Connect to ``uri``; the stream's tasks run in ``nursery`` until it closes.
+
+    The building block of :func:`open_websocket_stream`, for code that keeps
+    streams in a nursery of its own. Same options and errors.
+    """
     opts, rest = split_options(options)
     unknown = set(rest) - _CLIENT_KEYS
     if unknown:
-        raise TypeError(f"open_websocket_stream() got unexpected options {sorted(unknown)}")
+        raise TypeError(f"unexpected options {sorted(unknown)}")
     wsuri = parse(uri)
     with trio.fail_after(opts.open_timeout if opts.open_timeout is not None else float("inf")):
         transport = await connect_transport(wsuri, ssl)
@@ -53,21 +70,16 @@ async def open_websocket_stream(
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
-    async with trio.open_nursery() as nursery:
-        stream = WsStream(
-            transport,
-            protocol,
-            nursery,
-            request=request,
-            response=response,
-            ping_interval=opts.ping_interval,
-            ping_timeout=opts.ping_timeout,
-            _options=opts,
-        )
-        try:
-            yield stream
-        finally:
-            await stream.aclose()
+    return WsStream(
+        transport,
+        protocol,
+        nursery,
+        request=request,
+        response=response,
+        ping_interval=opts.ping_interval,
+        ping_timeout=opts.ping_timeout,
+        _options=opts,
+    )
 
 
 async def serve_websocket_stream(

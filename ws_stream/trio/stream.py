@@ -120,6 +120,7 @@ class WsStream(trio.abc.Stream):
         self._flush_lot = trio.lowlevel.ParkingLot()
         self._closed = trio.Event()
         self._close_deadline = math.inf
+        self._read_scope: trio.CancelScope | None = None
         self._pings: dict[bytes, tuple[trio.Event, float, list[float]]] = {}
         self._cancel_scope = trio.CancelScope()
         self.stats = StreamStats()
@@ -138,6 +139,11 @@ class WsStream(trio.abc.Stream):
     @property
     def subprotocol(self) -> str | None:
         return self._ws.subprotocol
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds the closing handshake may take before TCP is dropped."""
+        return self._options.close_timeout
 
     @property
     def error(self) -> Exception | None:
@@ -184,6 +190,7 @@ class WsStream(trio.abc.Stream):
                 await self._space_lot.park()  # read backpressure: stop reading the socket
             cause: BaseException | None = None
             with trio.move_on_at(self._close_deadline) as scope:
+                self._read_scope = scope
                 try:
                     data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -223,8 +230,8 @@ class WsStream(trio.abc.Stream):
                 logger.info("the peer violated the protocol: %s", self._policy.error)
                 self._read_error = self._policy.error
                 self._data_lot.unpark_all()
-        if ws.close_expected() and self._close_deadline == math.inf:
-            self._close_deadline = trio.current_time() + self._options.close_timeout
+        if ws.close_expected():
+            self._start_close_timer()
         # websockets queued automatic answers (pong, close): the flusher sends them.
         if ws.writes:
             self._flush_lot.unpark_all()
@@ -262,6 +269,13 @@ class WsStream(trio.abc.Stream):
         self._data_lot.unpark_all()
         self._closed.set()
 
+    def _start_close_timer(self) -> None:
+        """The closing handshake began: drop TCP if it is not over in close_timeout."""
+        if self._close_deadline == math.inf:
+            self._close_deadline = trio.current_time() + self._options.close_timeout
+            if self._read_scope is not None:
+                self._read_scope.deadline = self._close_deadline
+
     async def _flusher(self) -> None:
         while True:
             if not self._ws.writes:  # checked before parking: no lost wakeup
@@ -298,7 +312,7 @@ class WsStream(trio.abc.Stream):
                 logger.info("no pong within %s s: failing the connection", self._ping_timeout)
                 if self._ws.state is OPEN:
                     self._ws.fail(1011, "keepalive ping timeout")
-                    self._close_deadline = trio.current_time() + self._options.close_timeout
+                    self._start_close_timer()
                     self._flush_lot.unpark_all()
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -416,7 +430,7 @@ class WsStream(trio.abc.Stream):
         async with self._send_lock:
             if self._ws.state is OPEN:
                 self._ws.send_close(code, reason)
-                self._close_deadline = trio.current_time() + self._options.close_timeout
+                self._start_close_timer()
                 await self._send_pending()
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
@@ -442,9 +456,7 @@ class WsStream(trio.abc.Stream):
                         async with self._send_lock:
                             if self._ws.state is OPEN:
                                 self._ws.send_close(code, reason)
-                                self._close_deadline = (
-                                    trio.current_time() + self._options.close_timeout
-                                )
+                                self._start_close_timer()
                                 await self._send_pending()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass

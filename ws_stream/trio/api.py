@@ -135,6 +135,11 @@ async def serve_websocket_stream(
             )
             try:
                 await handler(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The peer vanished or broke the protocol while the handler ran:
+                # an ordinary end for a server, not a bug in the handler.
+                logger.info("connection ended while the handler ran: %s", exc)
+                await stream.aclose()
             except Exception:
                 logger.exception("the handler raised; closing the connection with 1011")
                 await stream.aclose(1011, "internal error")

@@ -1,0 +1,1 @@
+"""ws_stream's benchmark suite: ``python -m bench`` (see bench/suite.py)."""

@@ -1,0 +1,34 @@
+"""The benchmark suite runs end to end in --quick mode (it asserts nothing about speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_produces_table_json_and_chart(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = data["rows"]
+    impls = {row["impl"] for row in rows}
+    assert {"ws_stream.asyncio", "ws_stream.uvloop", "ws_stream.trio"} <= impls
+    assert {"websockets.asyncio", "websockets.trio", "trio-websocket", "naive_pump"} <= impls
+    scenarios = {row["scenario"] for row in rows}
+    assert {"bulk 64 KiB writes", "256 B writes", "64 B echo RTT p50"} <= scenarios
+    assert any(s.startswith("slow reader") for s in scenarios)
+    assert any("idle connections" in s for s in scenarios)
+    assert all(row["value"] > 0 for row in rows if row["unit"] in ("MB/s", "us", "conn/s"))
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    table = (tmp_path / "results.md").read_text()
+    assert "| bulk 64 KiB writes | ws_stream.asyncio |" in table

@@ -143,8 +143,10 @@ class WsTransport(asyncio.Transport):
 
     def _events_received(self) -> list[WsEvent]:
         events = self._ws_events_received()
-        if not events:
+        if not events:  # e.g. websockets failed the connection on a violation
             self._check_parser()
+            if self._ws.state is not _OPEN:
+                self._arm_close_timer()
             return events
         stats = self.stats
         stats.frames_received += len(events)

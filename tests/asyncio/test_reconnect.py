@@ -156,7 +156,7 @@ async def test_idle_peer_is_dropped_with_1001_and_counts_as_an_error() -> None:
         policy = ReconnectPolicy(Backoff(0.1, jitter=0), idle_timeout=0.5, max_attempts=1)
         conn = ws_stream.reconnecting(raw.uri, policy=policy, close_timeout=0.5)
         async with asyncio.timeout(10):
-            async for reader, _ in conn:
+            async for _pair in conn:
                 peer = await raw.accept()
                 t0 = time.monotonic()
                 # Our keepalive pings (every 0.25 s) go unanswered: after 0.5 s

@@ -68,7 +68,7 @@ async def demo() -> None:
             async with open_websocket_stream(uri) as stream:
                 tls = trio.SSLStream(stream, client_ctx, server_hostname="tunnel.example")
                 await tls.do_handshake()
-                print(f"TLS inside the WebSocket: {tls.version()}")  # type: ignore[attr-defined]
+                print(f"TLS inside the WebSocket: {tls.version()}")
                 buffer = bytearray()
                 for text in (b"hello\n", b"secret data\n"):
                     await tls.send_all(text)

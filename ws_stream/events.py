@@ -46,9 +46,12 @@ class Error:
 class Closed:
     """The connection is closed; always the last event.
 
-    :attr:`code` and :attr:`reason` are the peer's close frame (1006 and ``""``
-    when none arrived); :attr:`clean` is true when both close frames were
-    exchanged.
+    :attr:`code` and :attr:`reason` are those of the peer's close frame, 1006
+    and ``""`` when none was received. After *we* fail the connection (a text
+    frame: 1003; a violation: 1002...), RFC 6455 has us discard whatever the
+    peer sends next, its close frame included: such a connection reports 1006
+    and ``clean=False`` even when the peer answered. :attr:`clean` is true when
+    both close frames were exchanged.
     """
 
     code: int

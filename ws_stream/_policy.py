@@ -30,7 +30,16 @@ from websockets.frames import Close, Opcode
 from .events import Closed, CloseReceived, Error, Event, PingReceived, PongReceived
 from .exceptions import AbnormalClosureError, ProtocolError, TextFrameError, WsStreamError
 
-__all__ = ["EventHub", "Failure", "State", "Step", "StreamPolicy", "Subscription"]
+__all__ = [
+    "EventHub",
+    "Failure",
+    "State",
+    "Step",
+    "StreamPolicy",
+    "Subscription",
+    "check_close",
+    "peer_close",
+]
 
 OnText = Literal["error", "bytes"]
 
@@ -200,6 +209,30 @@ class StreamPolicy:
             error.__cause__ = cause
         self.error = error
         return Ending(error, (Error(error), closed))
+
+
+def check_close(code: int, reason: str) -> None:
+    """Validate a close code and reason we are asked to send.
+
+    Raises:
+        ValueError: ``code`` is not one an endpoint may send (1000-1003,
+            1007-1014, 3000-4999) or the reason is over 123 bytes of UTF-8.
+    """
+    try:
+        if len(Close(code, reason).serialize()) > 125:
+            raise ValueError("the close frame payload is over 125 bytes")
+    except Exception as exc:
+        raise ValueError(
+            f"cannot close with code {code} and reason {reason!r}: {exc} "
+            "(use 1000-1003, 1007-1014 or 3000-4999 and a reason of at most 123 bytes)"
+        ) from None
+
+
+def peer_close(close_rcvd: Close | None, ended: bool) -> tuple[int | None, str | None]:
+    """The (code, reason) a stream reports: None while open, 1006 if none arrived."""
+    if close_rcvd is not None:
+        return close_rcvd.code, close_rcvd.reason
+    return (ABNORMAL_CLOSURE, "") if ended else (None, None)
 
 
 def _violation_message(exc: BaseException, code: int) -> str:

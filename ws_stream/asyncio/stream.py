@@ -10,11 +10,10 @@ from typing import Any, Generic, Self, TypeVar
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close
 from websockets.protocol import CLOSED, SERVER
 
 from .._options import StreamOptions
-from .._policy import EventHub, Subscription
+from .._policy import EventHub, Subscription, check_close, peer_close
 from ..events import Event
 from ..stats import StreamStats
 from ._reader import ChunkedStreamReader
@@ -115,17 +114,13 @@ class WsStream:
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
         ws = self._websocket.protocol
-        if ws.close_rcvd is not None:
-            return ws.close_rcvd.code
-        return 1006 if ws.state is CLOSED else None
+        return peer_close(ws.close_rcvd, ws.state is CLOSED)[0]
 
     @property
     def close_reason(self) -> str | None:
         """The peer's close reason: None while open, "" if none was received."""
         ws = self._websocket.protocol
-        if ws.close_rcvd is not None:
-            return ws.close_rcvd.reason
-        return "" if ws.state is CLOSED else None
+        return peer_close(ws.close_rcvd, ws.state is CLOSED)[1]
 
     @property
     def error(self) -> Exception | None:
@@ -161,14 +156,7 @@ class WsStream:
             ValueError: ``code`` is not a close code an endpoint may send
                 (1000-1003, 1007-1014, 3000-4999) or ``reason`` is too long.
         """
-        try:
-            if len(Close(code, reason).serialize()) > 125:
-                raise ValueError("the close frame payload is over 125 bytes")
-        except Exception as exc:
-            raise ValueError(
-                f"cannot close with code {code} and reason {reason!r}: {exc} "
-                "(use 1000-1003, 1007-1014 or 3000-4999 and a reason of at most 123 bytes)"
-            ) from None
+        check_close(code, reason)
         transport = self._transport
         transport.close_code_to_send = code
         transport.close_reason_to_send = reason

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
 
-from .._options import split_options
+from .._options import StreamOptions, split_options
 from ._util import open_collapsing_nursery
 from .handshake import client_handshake, connect_transport, parse, server_handshake
 from .stream import WsStream
@@ -70,6 +72,17 @@ async def connect_stream(
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
+    return _stream(nursery, transport, protocol, request, response, opts)
+
+
+def _stream(
+    nursery: trio.Nursery,
+    transport: trio.abc.Stream,
+    protocol: Protocol,
+    request: Request,
+    response: Response,
+    opts: StreamOptions,
+) -> WsStream:
     return WsStream(
         transport,
         protocol,
@@ -123,16 +136,7 @@ async def serve_websocket_stream(
             return
         protocol, request, response = result
         async with trio.open_nursery() as nursery:
-            stream = WsStream(
-                transport,
-                protocol,
-                nursery,
-                request=request,
-                response=response,
-                ping_interval=opts.ping_interval,
-                ping_timeout=opts.ping_timeout,
-                _options=opts,
-            )
+            stream = _stream(nursery, transport, protocol, request, response, opts)
             try:
                 await handler(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

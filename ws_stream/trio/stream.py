@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
 import trio
-from websockets.frames import Close, Opcode
+from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, OPEN, Protocol
 
 from .._buffer import ChunkBuffer
 from .._options import StreamOptions
-from .._policy import EventHub, Step, StreamPolicy, Subscription
+from .._policy import EventHub, Step, StreamPolicy, Subscription, check_close, peer_close
 from ..events import Event
 from ..stats import StreamStats
 
@@ -153,16 +153,12 @@ class WsStream(trio.abc.Stream):
     @property
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
-        if self._ws.close_rcvd is not None:
-            return self._ws.close_rcvd.code
-        return 1006 if self._finished else None
+        return peer_close(self._ws.close_rcvd, self._finished)[0]
 
     @property
     def close_reason(self) -> str | None:
         """The peer's close reason: None while open, "" if none was received."""
-        if self._ws.close_rcvd is not None:
-            return self._ws.close_rcvd.reason
-        return "" if self._finished else None
+        return peer_close(self._ws.close_rcvd, self._finished)[1]
 
     # Background tasks
 
@@ -424,7 +420,7 @@ class WsStream(trio.abc.Stream):
 
         The peer has ``close_timeout`` seconds to answer; then TCP is dropped.
         """
-        _check_close(code, reason)
+        check_close(code, reason)
         if self._closed_locally:
             raise trio.ClosedResourceError("this stream was closed")
         async with self._send_lock:
@@ -439,7 +435,7 @@ class WsStream(trio.abc.Stream):
         Idempotent. Cancellation-safe: a cancelled ``aclose`` still closes the
         TCP connection. Unread received data is discarded.
         """
-        _check_close(code, reason)
+        check_close(code, reason)
         if self._closed_locally:
             await trio.lowlevel.checkpoint()
             return
@@ -527,17 +523,6 @@ class WsStream(trio.abc.Stream):
         never slows the data. Iteration ends after ``Closed``.
         """
         return EventStream(self._hub)
-
-
-def _check_close(code: int, reason: str) -> None:
-    try:
-        if len(Close(code, reason).serialize()) > 125:
-            raise ValueError("the close frame payload is over 125 bytes")
-    except Exception as exc:
-        raise ValueError(
-            f"cannot close with code {code} and reason {reason!r}: {exc} "
-            "(use 1000-1003, 1007-1014 or 3000-4999 and a reason of at most 123 bytes)"
-        ) from None
 
 
 class EventStream(Generic[T]):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._policy import EventHub
 from .exceptions import HandshakeError
 from .stats import StreamStats
 
@@ -177,6 +179,8 @@ def keepalive_options(policy: ReconnectPolicy, options: dict[str, Any]) -> dict[
     return options
 
 
+logger = logging.getLogger("ws_stream.reconnect")
+
 _FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 426})
 
 
@@ -201,8 +205,13 @@ class ReconnectMachine:
     ... disconnected(error, now) -> delay ... close()
     """
 
-    def __init__(self, policy: ReconnectPolicy) -> None:
+    def __init__(self, policy: ReconnectPolicy, uri: str = "") -> None:
         self.policy = policy
+        self.uri = uri
+        # Every transition publishes a snapshot here (conn.states()).
+        self.hub = EventHub[ConnectionState](
+            maxlen=256, is_final=lambda state: state.status is Status.CLOSED
+        )
         self.backoff = policy.backoff.copy()
         self._ids = itertools.count(1)
         self.connection_id = 0
@@ -216,8 +225,12 @@ class ReconnectMachine:
         self.totals = StreamStats()  # of finished connections
         self.current: StreamStats | None = None
 
+    def _publish(self) -> None:
+        self.hub.publish(self.snapshot())
+
     def attempt(self) -> Status:
         self.status = Status.CONNECTING
+        self._publish()
         return self.status
 
     def connected(self, now: float, stats: StreamStats) -> Status:
@@ -229,6 +242,7 @@ class ReconnectMachine:
         self.connected_since = now
         self.current = stats
         self.status = Status.CONNECTED
+        self._publish()
         return self.status
 
     def failed(self, exc: BaseException) -> float:
@@ -240,18 +254,26 @@ class ReconnectMachine:
         self.error_count += 1
         self.last_error = exc
         self.consecutive_failures += 1
-        if is_fatal(exc) and not self.ever_connected:
-            self.status = Status.CLOSED
-            raise exc
         limit = self.policy.max_attempts
-        if limit is not None and self.consecutive_failures >= limit:
-            self.status = Status.CLOSED
+        if (is_fatal(exc) and not self.ever_connected) or (
+            limit is not None and self.consecutive_failures >= limit
+        ):
+            logger.info("connecting to %s failed (%s); giving up", self.uri, exc)
+            self.close()
             raise exc
         self.status = Status.BACKING_OFF
-        return self.backoff.next_delay()
+        delay = self.backoff.next_delay()
+        logger.info("connecting to %s failed (%s); retrying in %.2f s", self.uri, exc, delay)
+        self._publish()
+        return delay
 
-    def disconnected(self, error: BaseException | None, now: float) -> float:
-        """The connection ended (``error`` if it failed): the delay before reconnecting."""
+    def disconnected(
+        self, error: BaseException | None, now: float, *, final: bool = False
+    ) -> float:
+        """The connection ended (``error`` if it failed): the delay before reconnecting.
+
+        ``final``: the loop is being closed; nothing is logged or published.
+        """
         if error is not None:
             self.error_count += 1
             self.last_error = error
@@ -266,12 +288,31 @@ class ReconnectMachine:
             self.totals.last_latency = self.current.last_latency or self.totals.last_latency
             self.current = None
         self.connected_since = None
-        self.status = Status.BACKING_OFF
-        return self.backoff.next_delay()
+        delay = self.backoff.next_delay()
+        if not final:
+            self.status = Status.BACKING_OFF
+            logger.info(
+                "connection to %s ended (%s); reconnecting in %.2f s",
+                self.uri,
+                error or "closed",
+                delay,
+            )
+            self._publish()
+        return delay
 
     def close(self) -> Status:
         self.status = Status.CLOSED
+        self._publish()
         return self.status
+
+    def idle_error(self) -> IdleTimeoutError:
+        """The error of a connection dropped for idleness (logged)."""
+        error = IdleTimeoutError(
+            f"no frame from {self.uri} for {self.policy.idle_timeout} s; "
+            "dropped the connection with 1001"
+        )
+        logger.info("%s", error)
+        return error
 
     def snapshot(self) -> ConnectionState:
         current = self.current or StreamStats()

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from types import TracebackType
 from typing import Any, Self
 
-from .._policy import EventHub
 from ..reconnect import (
     ConnectionState,
     IdleTimeoutError,
     ReconnectMachine,
     ReconnectPolicy,
-    Status,
     keepalive_options,
 )
 from .client import connect_stream
@@ -22,7 +19,6 @@ from .stream import EventStream, WsStream
 
 __all__ = ["Reconnecting", "reconnecting"]
 
-logger = logging.getLogger("ws_stream.reconnect")
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -45,10 +41,7 @@ class Reconnecting:
         self.uri = uri
         self.policy = policy if policy is not None else ReconnectPolicy()
         self._options = keepalive_options(self.policy, options)
-        self._machine = ReconnectMachine(self.policy)
-        self._hub = EventHub[ConnectionState](
-            maxlen=256, is_final=lambda state: state.status is Status.CLOSED
-        )
+        self._machine = ReconnectMachine(self.policy, uri)
         self._stream: WsStream | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._idle_error: IdleTimeoutError | None = None
@@ -73,10 +66,7 @@ class Reconnecting:
 
     def states(self) -> EventStream[ConnectionState]:
         """Status changes from now on, as snapshots; bounded, ends after ``closed``."""
-        return EventStream(self._hub, asyncio.get_running_loop())
-
-    def _publish(self) -> None:
-        self._hub.publish(self._machine.snapshot())
+        return EventStream(self._machine.hub, asyncio.get_running_loop())
 
     # Iteration
 
@@ -88,20 +78,12 @@ class Reconnecting:
         if self._stream is not None:
             error = await self._finish_current()
             self._delay = self._machine.disconnected(error, loop.time())
-            self._publish()
-            logger.info(
-                "connection to %s ended (%s); reconnecting in %.2f s",
-                self.uri,
-                error or "closed",
-                self._delay,
-            )
         while True:
             if self._delay and not self._closed:
                 await asyncio.sleep(self._delay)
             if self._closed:
                 raise StopAsyncIteration
             self._machine.attempt()
-            self._publish()
             stream: WsStream | None = None
             try:
                 stream = await connect_stream(self.uri, **self._options)
@@ -114,17 +96,11 @@ class Reconnecting:
                     self._delay = self._machine.failed(exc)
                 except BaseException:
                     self._closed = True
-                    self._publish()
                     raise
-                self._publish()
-                logger.info(
-                    "connecting to %s failed (%s); retrying in %.2f s", self.uri, exc, self._delay
-                )
                 continue
             self._stream = stream
             self._idle_error = None
             self._machine.connected(loop.time(), stream.stats)
-            self._publish()
             if self.policy.idle_timeout is not None:
                 self._watchdog = loop.create_task(self._watch_idle(stream))
             return stream.reader, stream.writer
@@ -138,11 +114,7 @@ class Reconnecting:
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(deadline - loop.time())
-        idle = self.policy.idle_timeout
-        self._idle_error = IdleTimeoutError(
-            f"no frame from {self.uri} for {idle} s; dropped the connection with 1001"
-        )
-        logger.info("%s", self._idle_error)
+        self._idle_error = self._machine.idle_error()
         await stream.close(1001, "idle timeout")
 
     async def _finish_current(self) -> BaseException | None:
@@ -165,9 +137,8 @@ class Reconnecting:
         self._closed = True
         if self._stream is not None:
             error = await self._finish_current()
-            self._machine.disconnected(error, asyncio.get_running_loop().time())
+            self._machine.disconnected(error, asyncio.get_running_loop().time(), final=True)
         self._machine.close()
-        self._publish()
 
     async def __aenter__(self) -> Self:
         return self

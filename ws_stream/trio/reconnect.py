@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import trio
 
-from .._policy import EventHub
 from ..reconnect import (
     ConnectionState,
     IdleTimeoutError,
     ReconnectMachine,
     ReconnectPolicy,
-    Status,
     keepalive_options,
 )
 from ._util import open_collapsing_nursery
@@ -23,8 +20,6 @@ from .api import connect_stream
 from .stream import EventStream, WsStream
 
 __all__ = ["Reconnecting", "reconnecting"]
-
-logger = logging.getLogger("ws_stream.reconnect")
 
 
 class Reconnecting:
@@ -47,10 +42,7 @@ class Reconnecting:
         self.policy = policy if policy is not None else ReconnectPolicy()
         self._options = keepalive_options(self.policy, options)
         self._nursery = nursery
-        self._machine = ReconnectMachine(self.policy)
-        self._hub = EventHub[ConnectionState](
-            maxlen=256, is_final=lambda state: state.status is Status.CLOSED
-        )
+        self._machine = ReconnectMachine(self.policy, uri)
         self._stream: WsStream | None = None
         self._watchdog: trio.CancelScope | None = None
         self._idle_error: IdleTimeoutError | None = None
@@ -70,10 +62,7 @@ class Reconnecting:
 
     def states(self) -> EventStream[ConnectionState]:
         """Status changes from now on, as snapshots; bounded, ends after ``closed``."""
-        return EventStream(self._hub)
-
-    def _publish(self) -> None:
-        self._hub.publish(self._machine.snapshot())
+        return EventStream(self._machine.hub)
 
     def __aiter__(self) -> Self:
         return self
@@ -82,20 +71,12 @@ class Reconnecting:
         if self._stream is not None:
             error = await self._finish_current()
             self._delay = self._machine.disconnected(error, trio.current_time())
-            self._publish()
-            logger.info(
-                "connection to %s ended (%s); reconnecting in %.2f s",
-                self.uri,
-                error or "closed",
-                self._delay,
-            )
         while True:
             if self._delay and not self._closed:
                 await trio.sleep(self._delay)
             if self._closed:
                 raise StopAsyncIteration
             self._machine.attempt()
-            self._publish()
             stream: WsStream | None = None
             try:
                 stream = await connect_stream(self._nursery, self.uri, **self._options)
@@ -108,17 +89,11 @@ class Reconnecting:
                     self._delay = self._machine.failed(exc)
                 except BaseException:
                     self._closed = True
-                    self._publish()
                     raise
-                self._publish()
-                logger.info(
-                    "connecting to %s failed (%s); retrying in %.2f s", self.uri, exc, self._delay
-                )
                 continue
             self._stream = stream
             self._idle_error = None
             self._machine.connected(trio.current_time(), stream.stats)
-            self._publish()
             if self.policy.idle_timeout is not None:
                 self._watchdog = trio.CancelScope()
                 self._nursery.start_soon(self._watch_idle, stream, self._watchdog)
@@ -133,11 +108,7 @@ class Reconnecting:
                 if trio.current_time() >= deadline:
                     break
                 await trio.sleep_until(deadline)
-            self._idle_error = IdleTimeoutError(
-                f"no frame from {self.uri} for {self.policy.idle_timeout} s; "
-                "dropped the connection with 1001"
-            )
-            logger.info("%s", self._idle_error)
+            self._idle_error = self._machine.idle_error()
             # The reader then sees b"" once the peer answers, or a broken
             # stream when it does not within close_timeout.
             with (
@@ -162,9 +133,8 @@ class Reconnecting:
         self._closed = True
         if self._stream is not None:
             error = await self._finish_current()
-            self._machine.disconnected(error, trio.current_time())
+            self._machine.disconnected(error, trio.current_time(), final=True)
         self._machine.close()
-        self._publish()
 
 
 def stream_close_timeout(stream: WsStream) -> float:

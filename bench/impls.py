@@ -46,10 +46,18 @@ REFERENCE = {
 # ---- asyncio servers -------------------------------------------------------
 
 
+def split_impl(impl: str) -> tuple[str, int | None]:
+    """``"ws_stream.asyncio@262144"`` -> the implementation and its reader limit."""
+    name, _, limit = impl.partition("@")
+    return name, int(limit) if limit else None
+
+
 async def _asyncio_server(impl: str, mode: str) -> None:
     import websockets.asyncio.server as wss
 
     import ws_stream
+
+    impl, limit = split_impl(impl)
 
     async def stream_cb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(SLOW_READ if mode == "slow" else 2**20):
@@ -87,7 +95,12 @@ async def _asyncio_server(impl: str, mode: str) -> None:
         server: Any = await asyncio.start_server(stream_cb, "127.0.0.1", 0, limit=2**20)
     elif impl.startswith("ws_stream"):
         server = await ws_stream.start_server(
-            stream_cb, "127.0.0.1", 0, ping_interval=None, max_size=MAX
+            stream_cb,
+            "127.0.0.1",
+            0,
+            ping_interval=None,
+            max_size=MAX,
+            **({"limit": limit} if limit else {}),
         )
     else:
         server = await wss.serve(ws_handler, "127.0.0.1", 0, **WS)
@@ -298,6 +311,7 @@ class TrioClient:
 
 
 def run_client(impl: str, port: int, op: str, **kw: Any) -> Any:
+    impl = split_impl(impl)[0]
     runtime = IMPLS[impl]
     if runtime == "trio":
         return trio.run(_trio_op, impl, port, op, kw)
@@ -401,7 +415,7 @@ async def _trio_idle(
 
 if __name__ == "__main__":
     impl, mode = sys.argv[1], sys.argv[2]
-    runtime = IMPLS[impl]
+    runtime = IMPLS[split_impl(impl)[0]]
     if runtime == "trio":
         trio.run(_trio_server, impl, mode)
     elif runtime == "uvloop":

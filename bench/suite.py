@@ -31,7 +31,8 @@ import psutil
 
 from .impls import IMPLS, REFERENCE, run_client
 
-ALL_SCENARIOS = ("bulk", "small", "rtt", "slow_reader", "idle")
+ALL_SCENARIOS = ("bulk", "small", "rtt", "slow_reader", "idle", "limit")
+LIMITS = (2**16, 2**18, 2**20, 2**22)  # reader limits compared by the "limit" scenario
 
 
 class Server:
@@ -227,10 +228,35 @@ def main() -> None:
                     lower_is_better=True,
                 )
                 add(f"{count} idle connections: opened per second", impl, "conn/s", rates[0])
+    if "limit" in scenarios:
+        total = sizes["bulk"]
+        variants = [f"ws_stream.asyncio@{limit}" for limit in LIMITS]
+        res = interleaved(
+            variants,
+            "sink",
+            rounds,
+            lambda i, s: run_client(i, s.port, "bulk", total=total, size=2**16),
+        )
+        ref = total / statistics.median(res[f"ws_stream.asyncio@{2**20}"]) / 1e6
+        for variant, secs in res.items():
+            limit = int(variant.partition("@")[2])
+            mbps = total / statistics.median(secs) / 1e6
+            rows.append(
+                {
+                    "scenario": f"reader limit {limit // 1024} KiB: bulk 64 KiB writes",
+                    "impl": "ws_stream.asyncio",
+                    "unit": "MB/s",
+                    "value": mbps,
+                    "ratio_to_default_limit": mbps / ref,
+                }
+            )
+            print(f"  limit {limit:>8}: {mbps:.0f} MB/s", file=sys.stderr, flush=True)
     report(rows, args.out, quick, rounds)
 
 
 def _ratio(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
+    if "ratio_to_default_limit" in row:  # the limit scenario compares ws_stream to itself
+        return float(row["ratio_to_default_limit"])
     ref = REFERENCE[IMPLS[row["impl"]]]
     for other in rows:
         if other["scenario"] == row["scenario"] and other["impl"] == ref and other["value"]:
@@ -249,7 +275,7 @@ def report(rows: list[dict[str, Any]], out: str, quick: bool, rounds: int) -> No
         f"Measured {time.strftime('%Y-%m-%d')} on {machine}; "
         f"{'quick sizes, ' if quick else ''}{rounds} interleaved round(s), medians. "
         "Ratio: to the plain websockets loop of the same runtime "
-        "(for times and memory, lower is better).",
+        "(for times and memory, lower is better); for reader limits, to the default 1 MiB.",
         "",
         "| scenario | implementation | result | ratio |",
         "|---|---|---|---|",

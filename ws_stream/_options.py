@@ -71,9 +71,18 @@ class StreamOptions:
             "close_timeout": self.close_timeout,
             "ping_interval": self.ping_interval,
             "ping_timeout": self.ping_timeout,
-            "max_size": self.max_size,
+            "max_size": self.websockets_max_size(),
             "compression": self.compression,
         }
+
+    def websockets_max_size(self) -> int | tuple[None, int]:
+        """``max_size`` for websockets; "no limit" still refuses an impossible frame.
+
+        RFC 6455 requires the top bit of a 64-bit length to be 0; with no size
+        limit websockets would wait for 2**63 bytes, so frames are capped there
+        (the peer gets 1009).
+        """
+        return self.max_size if self.max_size is not None else (None, 2**63 - 1)
 
 
 _FIELDS = frozenset(StreamOptions.__dataclass_fields__)

@@ -105,6 +105,8 @@ class WsTransport(asyncio.Transport):
         self.set_protocol(protocol)
         conn = self._conn
         ws = self._ws
+        self._ws_recv_frame = ws.recv_frame
+        ws.recv_frame = self._recv_frame  # type: ignore[method-assign]
         self._ws_events_received = ws.events_received
         ws.events_received = self._events_received  # type: ignore[method-assign]
         self._ws_pause_writing = conn.pause_writing
@@ -141,30 +143,33 @@ class WsTransport(asyncio.Transport):
 
     # Incoming: websockets' Sans-I/O events, taken as they are parsed
 
-    def _events_received(self) -> list[WsEvent]:
-        events = self._ws_events_received()
-        if not events:  # e.g. websockets failed the connection on a violation
-            self._check_parser()
-            if self._ws.state is not _OPEN:
-                self._arm_close_timer()
-            return events
+    def _recv_frame(self, frame: Frame) -> None:
+        """Each frame, as websockets parses it: decided at once, in wire order.
+
+        Deciding here rather than after the whole TCP read is parsed matters:
+        a text frame fails the connection with 1003 before websockets reacts
+        to the frames behind it in the same read (fail() discards them).
+        """
+        self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
         stats = self.stats
-        stats.frames_received += len(events)
+        stats.frames_received += 1
         stats.last_frame_at = self._loop.time()
-        keep: list[WsEvent] = []
-        receive = self._policy.receive_frame
-        for event in events:
-            if isinstance(event, Frame):
-                self._apply(receive(event.opcode, bytes(event.data), event.fin))
-                if event.opcode in _DATA_OPCODES:
-                    continue  # ours: never queued in websockets' assembler
-                if event.opcode is Opcode.PONG:
-                    stats.pongs_received += 1
-            keep.append(event)  # control frames: websockets acknowledges pongs
+        opcode = frame.opcode
+        if opcode is Opcode.PONG:
+            stats.pongs_received += 1
+        self._apply(self._policy.receive_frame(opcode, bytes(frame.data), frame.fin))
+
+    def _events_received(self) -> list[WsEvent]:
+        """After a read: data frames are ours (already delivered); the rest is websockets'."""
+        events = [
+            event
+            for event in self._ws_events_received()
+            if not (isinstance(event, Frame) and event.opcode in _DATA_OPCODES)
+        ]
         self._check_parser()
         if self._ws.state is not _OPEN:
             self._arm_close_timer()
-        return keep
+        return events
 
     def _check_parser(self) -> None:
         ws = self._ws
@@ -185,6 +190,7 @@ class WsTransport(asyncio.Transport):
             self._hub.publish(event)
         if failure is not None:
             if self._ws.state is _OPEN:
+                # Inside websockets' parser: fail() also discards what follows.
                 self._ws.fail(failure.code, failure.reason)
                 self._conn.send_data()
             logger.info("failing the connection with %d: %s", failure.code, failure.error)

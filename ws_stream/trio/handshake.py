@@ -81,7 +81,7 @@ async def client_handshake(
         origin=Origin(origin) if origin is not None else None,
         extensions=extensions,
         subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
-        max_size=options.max_size,
+        max_size=options.websockets_max_size(),
     )
     request = protocol.connect()
     if additional_headers is not None:
@@ -135,7 +135,7 @@ async def server_handshake(
         origins=[Origin(o) if o is not None else None for o in origins] if origins else None,
         extensions=extensions,
         subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
-        max_size=options.max_size,
+        max_size=options.websockets_max_size(),
     )
     request: Request | None = None
     while request is None:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
 import trio
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, OPEN, Protocol
 
@@ -124,6 +124,12 @@ class WsStream(trio.abc.Stream):
         self._pings: dict[bytes, tuple[trio.Event, float, list[float]]] = {}
         self._cancel_scope = trio.CancelScope()
         self.stats = StreamStats()
+        # Frames that came with the handshake response were parsed already.
+        initial = [event for event in protocol.events_received() if isinstance(event, Frame)]
+        self._ws_recv_frame = protocol.recv_frame
+        protocol.recv_frame = self._recv_frame  # type: ignore[method-assign]
+        for frame in initial:
+            self._frame(frame)
         nursery.start_soon(self._run)
 
     def __repr__(self) -> str:
@@ -180,7 +186,7 @@ class WsStream(trio.abc.Stream):
     async def _reader(self) -> BaseException | None:
         """Read the socket until the connection ends; never waits on a sender."""
         ws = self._ws
-        self._process_events()  # what arrived with the handshake response
+        self._process_events()  # what websockets decided on the handshake's frames
         while ws.state is not CLOSED:
             while len(self._chunks) > self._options.limit and not self._closed_locally:
                 await self._space_lot.park()  # read backpressure: stop reading the socket
@@ -206,19 +212,30 @@ class WsStream(trio.abc.Stream):
                 return cause
         return None
 
+    def _recv_frame(self, frame: Frame) -> None:
+        """Each frame, as websockets parses it: decided at once, in wire order.
+
+        Deciding here rather than after the whole read is parsed matters: a
+        text frame fails the connection with 1003 before websockets reacts to
+        the frames behind it in the same read (fail() discards them).
+        """
+        self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
+        self._frame(frame)
+
+    def _frame(self, frame: Frame) -> None:
+        stats = self.stats
+        stats.frames_received += 1
+        stats.last_frame_at = trio.current_time()
+        opcode = frame.opcode
+        self._apply(self._policy.receive_frame(opcode, bytes(frame.data), frame.fin))
+        if opcode is _PONG:
+            stats.pongs_received += 1
+            self._pong(bytes(frame.data))
+
     def _process_events(self) -> None:
+        """After a read: frames were handled as parsed; check what websockets decided."""
         ws = self._ws
-        receive = self._policy.receive_frame
-        events = ws.events_received()
-        if events:
-            self.stats.frames_received += len(events)
-            self.stats.last_frame_at = trio.current_time()
-        for event in events:
-            opcode = event.opcode  # type: ignore[union-attr]
-            self._apply(receive(opcode, bytes(event.data), event.fin))  # type: ignore[union-attr]
-            if opcode is _PONG:
-                self.stats.pongs_received += 1
-                self._pong(bytes(event.data))  # type: ignore[union-attr]
+        ws.events_received()  # frames were handled in _recv_frame: drop the list
         if ws.parser_exc is not None and self._read_error is None:
             code = ws.close_sent.code if ws.close_sent is not None else None
             self._apply(self._policy.parser_failed(ws.parser_exc, code))

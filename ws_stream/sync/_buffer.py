@@ -24,26 +24,27 @@ class ByteQueue:
     Not thread-safe: the connection guards it with its receive lock.
     """
 
-    __slots__ = ("_chunks", "_pos", "_size")
+    __slots__ = ("_chunks", "_pos", "size")
 
     def __init__(self) -> None:
         self._chunks: deque[bytes] = deque()
         self._pos = 0  # offset of the first unread byte in _chunks[0]
-        self._size = 0
+        self.size = 0  # bytes buffered (read-only outside this class)
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
-    def append(self, chunk: bytes) -> None:
-        """Queue ``chunk`` (immutable bytes, kept as is)."""
+    def append(self, chunk: bytes) -> int:
+        """Queue ``chunk`` (immutable bytes, kept as is); return the bytes buffered."""
         if chunk:
             self._chunks.append(chunk)
-            self._size += len(chunk)
+            self.size += len(chunk)
+        return self.size
 
     def clear(self) -> None:
         self._chunks.clear()
         self._pos = 0
-        self._size = 0
+        self.size = 0
 
     def unread(self, parts: list[bytes]) -> None:
         """Put ``parts`` (bytes taken earlier, in order) back at the front."""
@@ -56,7 +57,7 @@ class ByteQueue:
         for part in reversed(parts):
             if part:
                 chunks.appendleft(part)
-                self._size += len(part)
+                self.size += len(part)
 
     def take(self, n: int, exact: bool = False) -> bytes:
         """Remove and return up to ``n`` (> 0) bytes; ``b""`` only when empty.
@@ -72,13 +73,13 @@ class ByteQueue:
         avail = len(first) - pos
         if avail > n:
             self._pos = pos + n
-            self._size -= n
+            self.size -= n
             return first[pos : pos + n]
         chunks.popleft()
         self._pos = 0
         out = first if pos == 0 else first[pos:]
         if avail == n or not chunks or (avail >= GATHER_BELOW and not exact):
-            self._size -= avail
+            self.size -= avail
             return out
         parts = [out]
         total = avail
@@ -94,7 +95,7 @@ class ByteQueue:
                 parts.append(chunk[:k])
                 self._pos = k
                 total = n
-        self._size -= total
+        self.size -= total
         return b"".join(parts)
 
     def take_into(self, view: memoryview) -> int:
@@ -113,7 +114,7 @@ class ByteQueue:
                 self._pos = 0
             else:
                 self._pos = pos + k
-        self._size -= done
+        self.size -= done
         return done
 
     def take_line(self, limit: int) -> tuple[bytes, bool]:
@@ -136,8 +137,8 @@ class ByteQueue:
             if 0 <= limit <= scanned:
                 break
             pos = 0
-        if limit < 0 or limit > self._size:
-            limit = self._size
+        if limit < 0 or limit > self.size:
+            limit = self.size
         return (self.take(limit, exact=True) if limit else b""), False
 
     def peek(self, n: int) -> bytes:

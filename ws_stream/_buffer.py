@@ -1,4 +1,4 @@
-"""The receive buffer every shell uses: a queue of received chunks. No I/O.
+"""The receive buffer every shell uses: a queue of received chunks. No I/O, no locks.
 
 Frames from websockets arrive as ``bytes``; the buffer keeps them as they are
 and hands a whole chunk to a read that asks for at least that much - no copy
@@ -33,11 +33,78 @@ class ChunkBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def append(self, chunk: bytes) -> None:
-        """Queue ``chunk`` (kept as is: pass immutable bytes)."""
+    def append(self, chunk: bytes) -> int:
+        """Queue ``chunk`` (kept as is: pass immutable bytes); return the bytes buffered."""
         if chunk:
             self._chunks.append(chunk)
             self._size += len(chunk)
+        return self._size
+
+    def unread(self, parts: list[bytes]) -> None:
+        """Put ``parts`` (bytes taken earlier, in order) back at the front.
+
+        How a blocking read that times out half-way loses nothing.
+        """
+        if not parts:
+            return
+        chunks = self._chunks
+        if self._pos:
+            chunks[0] = chunks[0][self._pos :]
+            self._pos = 0
+        for part in reversed(parts):
+            if part:
+                chunks.appendleft(part)
+                self._size += len(part)
+
+    def take_into(self, view: memoryview) -> int:
+        """Copy up to ``len(view)`` bytes into ``view`` and remove them; return the count."""
+        n = len(view)
+        done = 0
+        chunks = self._chunks
+        while chunks and done < n:
+            first = chunks[0]
+            pos = self._pos
+            k = min(len(first) - pos, n - done)
+            view[done : done + k] = first[pos : pos + k]
+            done += k
+            if pos + k == len(first):
+                chunks.popleft()
+                self._pos = 0
+            else:
+                self._pos = pos + k
+        self._size -= done
+        return done
+
+    def take_line(self, limit: int) -> tuple[bytes, bool]:
+        """Remove bytes through the first ``b"\\n"``, at most ``limit`` (-1: any).
+
+        Returns ``(data, found)``: without a newline in reach, every buffered
+        byte (up to ``limit``) is returned with ``found`` false.
+        """
+        chunks = self._chunks
+        pos = self._pos
+        scanned = 0
+        for chunk in chunks:
+            i = chunk.find(b"\n", pos)
+            if i != -1:
+                end = scanned + i - pos + 1
+                if limit < 0 or end <= limit:
+                    return self.take(end), True
+                break
+            scanned += len(chunk) - pos
+            if 0 <= limit <= scanned:
+                break
+            pos = 0
+        if limit < 0 or limit > self._size:
+            limit = self._size
+        return (self.take(limit) if limit else b""), False
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` (> 0) bytes from the front, not removed."""
+        out = self.take(n)
+        if out:
+            self.unread([out])
+        return out
 
     def clear(self) -> None:
         self._chunks.clear()

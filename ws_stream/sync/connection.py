@@ -15,7 +15,7 @@ to keep them from websockets' assembler; ``send_data()`` is replaced so that
 no thread ever blocks on the socket while holding websockets' protocol lock
 (see *Writing* below).
 
-Reading. The background thread appends payloads to a :class:`ByteQueue`
+Reading. The background thread appends payloads to a :class:`~ws_stream._buffer.ChunkBuffer`
 guarded by a lock; readers sleep on a queue token with their timeout. Past
 ``limit`` buffered bytes the background thread is parked on websockets'
 ``recv_flow_control`` lock before its next ``recv()`` - it stops reading the
@@ -54,12 +54,12 @@ from websockets.sync.connection import Connection
 from websockets.sync.utils import Deadline
 from websockets.typing import BytesLike
 
+from .._buffer import ChunkBuffer
 from .._options import StreamOptions
 from .._policy import EventHub, Step, StreamPolicy
 from ..events import Event
 from ..exceptions import WsStreamError
 from ..stats import StreamStats
-from ._buffer import ByteQueue
 
 __all__ = ["Budget", "StreamConnection"]
 
@@ -154,7 +154,7 @@ class StreamConnection(Connection):
         self.recv_lock = threading.Lock()
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._sleepers = 0  # readers that may be asleep (an over-count is harmless)
-        self.buffer = ByteQueue()
+        self.buffer = ChunkBuffer()
         self.ended = False  # no data will be added: EOF, or read_error after the data
         self.read_error: WsStreamError | None = None
         self.read_shut = False  # shutdown(SHUT_RD) or close(): the application reads no more
@@ -261,7 +261,7 @@ class StreamConnection(Connection):
             if self.read_shut:
                 return  # nobody will read it: discard, as TCP does after SHUT_RD
             append = self.buffer.append
-            before = size = self.buffer.size
+            before = size = len(self.buffer)
             for payload in payloads:
                 size = append(payload)
             self.stats.bytes_received += size - before
@@ -413,7 +413,7 @@ class StreamConnection(Connection):
 
         recv_lock held. Raises the stream's error once the buffer is empty.
         """
-        while not self.buffer.size:
+        while not len(self.buffer):
             if self.read_shut:
                 return False
             if self.ended:
@@ -428,7 +428,7 @@ class StreamConnection(Connection):
         with self.recv_lock:
             if not self._wait_for_data(budget):
                 return b""
-            data = self.buffer.take(n)
+            data = self.buffer.take(n, exact=False)
             if self._paused:
                 self._maybe_resume()
             return data
@@ -475,7 +475,7 @@ class StreamConnection(Connection):
                     if line:
                         chunk, found = buffer.take_line(want)
                     else:
-                        chunk = buffer.take(len(buffer) if want < 0 else want, exact=True)
+                        chunk = buffer.take(len(buffer) if want < 0 else want)
                         found = False
                     parts.append(chunk)
                     got += len(chunk)

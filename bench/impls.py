@@ -35,11 +35,14 @@ IMPLS: dict[str, str] = {
     "websockets.trio": "trio",
     "trio-websocket": "trio",
     "ws_stream.trio": "trio",
+    "websockets.sync": "sync",
+    "ws_stream.sync": "sync",
 }
 REFERENCE = {
     "asyncio": "websockets.asyncio",
     "uvloop": "websockets.asyncio",
     "trio": "websockets.trio",
+    "sync": "websockets.sync",
 }
 
 
@@ -194,6 +197,107 @@ async def _trio_server(impl: str, mode: str) -> None:
         print(port, flush=True)
 
 
+# ---- blocking servers (a thread per connection) ------------------------------------
+
+
+def _sync_server(impl: str, mode: str) -> None:
+    def handle(receive: Callable[[], bytes], send: Callable[[bytes], Any]) -> None:
+        while data := receive():
+            if mode == "echo":
+                send(data)
+            elif mode == "slow":
+                time.sleep(SLOW_PAUSE * max(1, len(data) / SLOW_READ))
+
+    size = SLOW_READ if mode == "slow" else 2**20
+    if impl == "ws_stream.sync":
+        import ws_stream.sync
+
+        def stream_handler(sock: Any) -> None:
+            handle(lambda: sock.recv(size), sock.sendall)
+
+        server: Any = ws_stream.sync.serve(
+            stream_handler, "127.0.0.1", 0, ping_interval=None, max_size=MAX
+        )
+    else:
+        from websockets.sync.server import serve
+
+        def ws_handler(ws: Any) -> None:
+            def receive() -> bytes:
+                try:
+                    return bytes(ws.recv())
+                except Exception:
+                    return b""
+
+            handle(receive, ws.send)
+
+        server = serve(ws_handler, "127.0.0.1", 0, **WS)
+    print(server.socket.getsockname()[1], flush=True)
+    server.serve_forever()
+
+
+class SyncClient:
+    """send / receive-exactly / close over the blocking implementations."""
+
+    def __init__(self, impl: str) -> None:
+        self.impl = impl
+
+    def open(self, port: int) -> None:
+        uri = f"ws://127.0.0.1:{port}/"
+        if self.impl == "ws_stream.sync":
+            import ws_stream.sync
+
+            self.s: Any = ws_stream.sync.connect(uri, ping_interval=None, max_size=MAX)
+        else:
+            from websockets.sync.client import connect
+
+            self.s = connect(uri, **WS)
+
+    def send(self, data: bytes) -> None:
+        if self.impl == "ws_stream.sync":
+            self.s.sendall(data)
+        else:
+            self.s.send(data)
+
+    def recv_exactly(self, n: int) -> None:
+        got = 0
+        while got < n:
+            got += len(self.s.recv(n - got) if self.impl == "ws_stream.sync" else self.s.recv())
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def _sync_op(impl: str, port: int, op: str, kw: dict[str, Any]) -> Any:
+    if op == "idle":
+        clients = [SyncClient(impl) for _ in range(kw["count"])]
+        t0 = time.perf_counter()
+        for c in clients:
+            c.open(port)
+        rate = kw["count"] / (time.perf_counter() - t0)
+        kw["hold"]()
+        for c in clients:
+            c.close()
+        return rate
+    client = SyncClient(impl)
+    client.open(port)
+    if op == "bulk":
+        chunk = os.urandom(kw["size"])
+        t0 = time.perf_counter()
+        for _ in range(kw["total"] // kw["size"]):
+            client.send(chunk)
+        client.close()  # the closing handshake: the peer read everything
+        return time.perf_counter() - t0
+    msg = os.urandom(64)
+    out = []
+    for _ in range(kw["rounds"]):
+        t0 = time.perf_counter()
+        client.send(msg)
+        client.recv_exactly(64)
+        out.append(time.perf_counter() - t0)
+    client.close()
+    return out
+
+
 # ---- clients -------------------------------------------------------------------
 
 
@@ -313,6 +417,8 @@ class TrioClient:
 def run_client(impl: str, port: int, op: str, **kw: Any) -> Any:
     impl = split_impl(impl)[0]
     runtime = IMPLS[impl]
+    if runtime == "sync":
+        return _sync_op(impl, port, op, kw)
     if runtime == "trio":
         return trio.run(_trio_op, impl, port, op, kw)
     coro = _asyncio_op(impl, port, op, kw)
@@ -416,7 +522,9 @@ async def _trio_idle(
 if __name__ == "__main__":
     impl, mode = sys.argv[1], sys.argv[2]
     runtime = IMPLS[split_impl(impl)[0]]
-    if runtime == "trio":
+    if runtime == "sync":
+        _sync_server(impl, mode)
+    elif runtime == "trio":
         trio.run(_trio_server, impl, mode)
     elif runtime == "uvloop":
         import uvloop

@@ -24,6 +24,7 @@ def test_bench_quick_produces_table_json_and_chart(tmp_path: Path) -> None:
     impls = {row["impl"] for row in rows}
     assert {"ws_stream.asyncio", "ws_stream.uvloop", "ws_stream.trio"} <= impls
     assert {"websockets.asyncio", "websockets.trio", "trio-websocket", "naive_pump"} <= impls
+    assert {"websockets.sync", "ws_stream.sync"} <= impls
     scenarios = {row["scenario"] for row in rows}
     assert {"bulk 64 KiB writes", "256 B writes", "64 B echo RTT p50"} <= scenarios
     assert any(s.startswith("slow reader") for s in scenarios)

@@ -4,15 +4,18 @@ Both bridges run as they ship (``python -m ws_stream serve --to`` and
 ``python -m websockify``), each in its own processes, in front of the same TCP
 sink and the same TCP source, which live in this process with the WebSocket
 client (websockets, 64 KiB binary messages, offering the ``binary``
-subprotocol). Runs are interleaved (A B, B A, ...) and repeated; the table
-shows medians and the ratio. Throughput is timed until the last byte reached
-the far end (the TCP sink, or the client). Then each bridge holds idle
-tunnels, and the memory they cost is read with psutil: the unique set size
-(USS) of the ws-stream process before and after, and the USS of every process
-websockify forks (one per connection).
+subprotocol). After one unmeasured warm-up run of each bridge, runs are
+interleaved (A B, B A, ...) and repeated; the table shows medians and the
+ratio. Throughput is timed until the last byte reached the far end (the TCP
+sink, or the client); the CPU time of each bridge (all its processes) over the
+same span is read with psutil. Then each bridge holds idle tunnels, and the
+memory they cost is read too: the unique set size (USS) of the ws-stream
+process before and after, and the USS of every process websockify forks (one
+per connection).
 
 Timings on a shared machine are noisy: only the ratios of one run mean
-anything. Nothing here asserts a speed.
+anything, and CPU time per GiB moves much less than wall-clock throughput when
+other processes compete for the CPUs. Nothing here asserts a speed.
 
     python bench/bench_tunnel.py            # 256 MiB each way, 5 rounds; 1 000 idle tunnels
     python bench/bench_tunnel.py --quick    # seconds; proves the script works
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -106,7 +110,11 @@ class Sink:
 
 
 class Source:
-    """A TCP server that sends ``total`` bytes to each connection, then closes."""
+    """A TCP server that sends ``total`` bytes to each connection.
+
+    Then it waits for the client's end before closing: websockify's process
+    for the connection would exit at once otherwise, before its CPU time is read.
+    """
 
     def __init__(self) -> None:
         self.total = 0
@@ -119,6 +127,8 @@ class Source:
                 writer.write(self._chunk[: min(left, len(self._chunk))])
                 left -= len(self._chunk)
                 await writer.drain()
+            while await reader.read(2**16):
+                pass
         except ConnectionError:
             pass
         writer.close()
@@ -253,30 +263,56 @@ def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     return head + key + masked
 
 
-async def upload(uri: str, sink: Sink, total: int) -> float:
-    """Seconds from the first byte sent to the last byte counted by the TCP sink."""
+@dataclass
+class Run:
+    seconds: float  # wall clock
+    user: float  # CPU seconds of the bridge (every process of it) over the same span,
+    system: float  # in user space and in the kernel (the TCP stack, page faults)
+
+
+async def upload(bridge_pid: int, uri: str, sink: Sink, total: int) -> Run:
+    """From the first byte sent to the last byte counted by the TCP sink."""
     done = sink.expect(total)
     client = await RawClient.connect(uri)
     try:
+        user, system = family_cpu(bridge_pid)
         started = time.perf_counter()
         await client.send_all(total)
         await asyncio.wait_for(done, 300)
-        return time.perf_counter() - started
+        # Before the close: websockify's process for this connection still exists.
+        elapsed = time.perf_counter() - started
+        user_end, system_end = family_cpu(bridge_pid)
+        return Run(elapsed, user_end - user, system_end - system)
     finally:
         await client.close()
 
 
-async def download(uri: str, source: Source, total: int) -> float:
-    """Seconds from the handshake to the last byte received by the client."""
+async def download(bridge_pid: int, uri: str, source: Source, total: int) -> Run:
+    """From the handshake to the last byte received by the client."""
     source.total = total
+    user, system = family_cpu(bridge_pid)
     started = time.perf_counter()
     client = await RawClient.connect(uri)
     try:
         async with asyncio.timeout(300):
             await client.receive(total)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        user_end, system_end = family_cpu(bridge_pid)
+        return Run(elapsed, user_end - user, system_end - system)
     finally:
         await client.close()
+
+
+def family_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and of its live descendants."""
+    root = psutil.Process(pid)
+    user = system = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            user += times.user
+            system += times.system
+    return user, system
 
 
 def uss(proc: psutil.Process) -> int:
@@ -336,19 +372,37 @@ def interleaved(rounds: int) -> Iterator[tuple[int, str]]:
 async def measure(
     name: str,
     rounds: int,
-    uris: dict[str, str],
-    fn: Callable[[str], Awaitable[float]],
-) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    bridges: dict[str, tuple[str, subprocess.Popen[bytes]]],
+    fn: Callable[[int, str, int], Awaitable[Run]],
+    total: int,
+) -> dict[str, list[dict[str, float]]]:
+    """Interleaved runs after one unmeasured warm-up run of each bridge."""
+    for impl in IMPLS:
+        uri, proc = bridges[impl]
+        await fn(proc.pid, uri, total)
+    results: dict[str, list[dict[str, float]]] = {impl: [] for impl in IMPLS}
     for r, impl in interleaved(rounds):
-        seconds = await fn(uris[impl])
-        results[impl].append(seconds)
-        print(f"  {name}, round {r + 1}: {impl} {seconds:.2f} s", file=sys.stderr)
+        uri, proc = bridges[impl]
+        run = await fn(proc.pid, uri, total)
+        results[impl].append({"seconds": run.seconds, "user": run.user, "system": run.system})
+        print(
+            f"  {name}, round {r + 1}: {impl} {run.seconds:.2f} s, "
+            f"bridge CPU user {run.user:.2f} s + system {run.system:.2f} s",
+            file=sys.stderr,
+        )
     return results
 
 
-def mb_per_s(total: int, seconds: list[float]) -> float:
-    return total / statistics.median(seconds) / 1e6
+def seconds(runs: list[dict[str, float]], key: str = "seconds") -> list[float]:
+    return [run[key] for run in runs]
+
+
+def mb_per_s(total: int, runs: list[dict[str, float]]) -> float:
+    return total / statistics.median(seconds(runs)) / 1e6
+
+
+def cpu_per_gib(total: int, runs: list[dict[str, float]], kinds: tuple[str, ...]) -> float:
+    return statistics.median(sum(run[k] for k in kinds) for run in runs) * 2**30 / total
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -376,17 +430,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     async with contextlib.AsyncExitStack() as stack:
         to_sink = {
-            impl: (await stack.enter_async_context(bridge(impl, sink_port(sink))))[0]
-            for impl in IMPLS
+            impl: await stack.enter_async_context(bridge(impl, sink_port(sink))) for impl in IMPLS
         }
         from_source = {
-            impl: (await stack.enter_async_context(bridge(impl, source_port)))[0] for impl in IMPLS
+            impl: await stack.enter_async_context(bridge(impl, source_port)) for impl in IMPLS
         }
         report["upload"] = await measure(
-            "client -> TCP sink", rounds, to_sink, lambda uri: upload(uri, sink, total)
+            "client -> TCP sink",
+            rounds,
+            to_sink,
+            lambda pid, uri, n: upload(pid, uri, sink, n),
+            total,
         )
         report["download"] = await measure(
-            "TCP source -> client", rounds, from_source, lambda uri: download(uri, source, total)
+            "TCP source -> client",
+            rounds,
+            from_source,
+            lambda pid, uri, n: download(pid, uri, source, n),
+            total,
         )
     report["idle"] = {}
     for impl in IMPLS:
@@ -423,11 +484,23 @@ def print_table(report: dict[str, Any]) -> None:
         ours = mb_per_s(total, report[key]["ws-stream"])
         theirs = mb_per_s(total, report[key]["websockify"])
         # Each round's pair ran back to back: the spread of their ratios.
-        runs = zip(report[key]["ws-stream"], report[key]["websockify"], strict=True)
+        runs = zip(
+            seconds(report[key]["ws-stream"]), seconds(report[key]["websockify"]), strict=True
+        )
         pairs = [theirs_s / ours_s for ours_s, theirs_s in runs]
         spread = f"rounds {min(pairs):.2f}-{max(pairs):.2f}x"
         print(
             f"| {title} | {ours:.0f} MB/s | {theirs:.0f} MB/s | {ours / theirs:.2f}x ({spread}) |"
+        )
+        both = ("user", "system")
+        ours_cpu = cpu_per_gib(total, report[key]["ws-stream"], both)
+        theirs_cpu = cpu_per_gib(total, report[key]["websockify"], both)
+        ours_user = cpu_per_gib(total, report[key]["ws-stream"], ("user",))
+        theirs_user = cpu_per_gib(total, report[key]["websockify"], ("user",))
+        print(
+            f"| bridge CPU per GiB, {title.split(' ', 2)[2]} | {ours_cpu:.2f} s "
+            f"(user {ours_user:.2f} s) | {theirs_cpu:.2f} s (user {theirs_user:.2f} s) | "
+            f"{_times(theirs_cpu, ours_cpu)} less (user: {_times(theirs_user, ours_user)}) |"
         )
     ours_idle, theirs_idle = report["idle"]["ws-stream"], report["idle"]["websockify"]
     ours_kb = ours_idle["bytes_per_tunnel"] / 1e3
@@ -438,6 +511,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"tunnels, {theirs_idle['processes']} processes) | "
         f"{theirs_kb / max(ours_kb, 1e-9):.0f}x less |"
     )
+
+
+def _times(a: float, b: float) -> str:
+    """``a / b`` as "1.23x"; CPU times below the clock's 10 ms resolution (--quick) say so."""
+    return f"{a / b:.2f}x" if a > 0 and b > 0 else "n/a (too short to time)"
 
 
 def plot(report: dict[str, Any], path: str) -> None:
@@ -455,7 +533,7 @@ def plot(report: dict[str, Any], path: str) -> None:
         xs = [x + (i - 0.5) * width for x in range(len(labels))]
         ax.bar(xs, values, width, label=impl)
         for key_index, key in enumerate(("upload", "download")):
-            runs = [total / s / 1e6 for s in report[key][impl]]
+            runs = [total / s / 1e6 for s in seconds(report[key][impl])]
             ax.plot([xs[key_index]] * len(runs), runs, "k.", markersize=4)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("MB/s (median; dots: rounds)")

@@ -471,3 +471,16 @@ async def test_sync_callback_keeps_the_connection_open() -> None:
         writer.write(b"still here\n")
         assert await asyncio.wait_for(reader.readline(), 5) == b"still here\n"
         await stream_of(writer).close()
+
+
+async def test_errors_hide_credentials_and_bad_proxies_are_value_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(OSError) as refused:
+        await ws_stream.open_connection("ws://user:s3cret@127.0.0.1:1/", open_timeout=5)
+    assert "s3cret" not in str(refused.value)
+    monkeypatch.setenv("ws_proxy", "ftp://proxy.invalid:21")
+    monkeypatch.setenv("all_proxy", "ftp://proxy.invalid:21")
+    with pytest.raises(ValueError) as info:
+        await ws_stream.open_connection("ws://user:s3cret@127.0.0.1:1/")
+    assert "s3cret" not in str(info.value)

@@ -58,6 +58,7 @@ from websockets.typing import Subprotocol
 from . import __version__
 from .asyncio import WsStream, connect_stream, start_server
 from .asyncio._reader import ChunkedStreamReader
+from .reconnect import ReconnectMachine, ReconnectPolicy
 
 __all__ = ["build_parser", "main"]
 
@@ -421,6 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="HOST:PORT",
         help="local TCP address (a bare PORT means 127.0.0.1:PORT; 0 picks one)",
+    )
+    forward.add_argument(
+        "--reconnect",
+        choices=sorted(_PRESETS),
+        help="retry opening each client's WebSocket with this preset's backoff "
+        "(fast: 0.5 s x1.5 up to 10 s; stable: 2 s x2 up to 120 s; low-latency: "
+        "0.1 s x1.2 up to 5 s) instead of resetting the client at the first failure; "
+        "a tunnel that was open is never moved to a new WebSocket",
+    )
+    forward.add_argument(
+        "--reconnect-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with --reconnect: give up (reset the client) after N failed attempts (default 5)",
     )
     forward.add_argument("uri", type=_ws_uri, metavar="URI", help="ws:// or wss:// URI")
     forward.set_defaults(run=_forward, parser=forward)
@@ -1317,18 +1333,37 @@ class _Dialer:
     One attempt per :meth:`dial`; a reconnecting policy belongs here.
     """
 
-    def __init__(self, uri: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, uri: str, options: dict[str, Any], policy: ReconnectPolicy | None = None
+    ) -> None:
         self.uri = uri
         self.shown_uri = _redact(uri)
         self._options = options
+        self.policy = policy
 
     async def dial(self) -> WsStream:
-        """Open one WebSocket. Raises one of ``_DIAL_ERRORS``, its message redacted."""
-        try:
-            return await connect_stream(self.uri, **self._options)
-        except _DIAL_ERRORS as exc:
-            message = str(exc).replace(self.uri, self.shown_uri)
-            raise ConnectionError(message or type(exc).__name__) from exc
+        """Open one WebSocket. Raises one of ``_DIAL_ERRORS``, its message redacted.
+
+        With a reconnect policy (``forward --reconnect``), transient failures
+        are retried after the policy's backoff delays, up to its
+        ``max_attempts``; fatal ones (HTTP 401/403/404, bad certificate) are
+        not. A live tunnel is never moved to a new WebSocket: its bytes would
+        splice two connections.
+        """
+        machine = ReconnectMachine(self.policy, self.shown_uri) if self.policy else None
+        while True:
+            try:
+                return await connect_stream(self.uri, **self._options)
+            except _DIAL_ERRORS as exc:
+                message = str(exc).replace(self.uri, self.shown_uri)
+                error = ConnectionError(message or type(exc).__name__)
+                if machine is None:
+                    raise error from exc
+                try:
+                    delay = machine.failed(exc)
+                except BaseException:
+                    raise error from exc
+                await asyncio.sleep(delay)
 
 
 def _dialer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Dialer:
@@ -1353,7 +1388,19 @@ def _dialer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Diale
             options["ssl"] = ssl.create_default_context(cafile=args.cafile)
         except (OSError, ssl.SSLError) as exc:
             parser.error(f"--cafile: cannot load {args.cafile}: {_describe(exc)}")
-    return _Dialer(args.uri, options)
+    policy = None
+    if getattr(args, "reconnect", None) is not None:
+        if args.reconnect_attempts < 1:
+            parser.error("--reconnect-attempts must be at least 1")
+        policy = _PRESETS[args.reconnect]().with_options(max_attempts=args.reconnect_attempts)
+    return _Dialer(args.uri, options, policy)
+
+
+_PRESETS = {
+    "fast": ReconnectPolicy.fast_reconnect,
+    "stable": ReconnectPolicy.stable_connection,
+    "low-latency": ReconnectPolicy.low_latency,
+}
 
 
 def _tunnel_options(args: argparse.Namespace) -> dict[str, Any]:

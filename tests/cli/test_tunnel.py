@@ -234,3 +234,48 @@ def test_sigterm_closes_forward_tunnels_with_1001_and_exits_0(cli: Start) -> Non
             done.set()
 
     run(main())
+
+
+def test_forward_reconnect_waits_for_a_server_that_comes_up_late(cli: Start) -> None:
+    """--reconnect: the client's WebSocket is retried with the preset's backoff."""
+    port = free_port()
+    forward = cli(
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--reconnect",
+        "low-latency",
+        "--reconnect-attempts",
+        "50",
+        f"ws://127.0.0.1:{port}/",
+    )
+    forward_port = forward.port()
+    with socket.create_connection(("127.0.0.1", forward_port), timeout=20) as sock:
+        sock.sendall(b"early bytes")  # held while the WebSocket cannot open yet
+        forward.wait_for("retrying in")
+        serve = cli("serve", "--port", str(port))  # the echo server comes up now
+        serve.port()
+        received = b""
+        while len(received) < 11:
+            received += sock.recv(100)
+        assert received == b"early bytes"
+    assert "Traceback" not in forward.stderr
+
+
+def test_forward_reconnect_gives_up_after_the_attempts(cli: Start) -> None:
+    forward = cli(
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--reconnect",
+        "low-latency",
+        "--reconnect-attempts",
+        "2",
+        f"ws://127.0.0.1:{free_port()}/",
+    )
+    with (
+        socket.create_connection(("127.0.0.1", forward.port()), timeout=20) as sock,
+        pytest.raises(ConnectionResetError),
+    ):
+        sock.recv(1)
+    forward.wait_for("giving up")

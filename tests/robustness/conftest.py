@@ -13,26 +13,15 @@ from typing import Any
 
 import pytest
 
+from ..asyncio.conftest import loop_kind, pytest_configure, pytest_generate_tests
 from .leaks import open_fds, wait_fds_released, wait_tasks_finished
+
+__all__ = ["loop_kind", "pytest_configure", "pytest_generate_tests"]  # reused hooks
 
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is in the test extra
     uvloop = None
-
-
-@pytest.fixture(autouse=True)
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    """The event loop an async test runs on (parametrized below)."""
-    return getattr(request, "param", "asyncio")
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if inspect.iscoroutinefunction(metafunc.function):
-        kinds = ["asyncio"]
-        if metafunc.definition.get_closest_marker("default_loop_only") is None:
-            kinds.append("uvloop")
-        metafunc.parametrize("loop_kind", kinds, indirect=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -72,9 +61,3 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         asyncio.run(leak_checked())
     wait_fds_released(fds)
     return True
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "default_loop_only: run on asyncio's default loop only (e.g. start_tls)"
-    )

@@ -1252,13 +1252,8 @@ async def _serve(args: argparse.Namespace, prog: str) -> int:
     urls = [f"{scheme}://{_addr(sock.getsockname())}{path}" for sock in server.sockets]
     what = "echo" if target is None else f"bridging every connection to {_addr(target)}"
     logger.info("listening on %s (%s)", ", ".join(urls), what)
-    stats = (
-        asyncio.create_task(_print_stats(sessions, prog, args.stats_interval))
-        if args.stats
-        else None
-    )
-    try:
-        await shutdown.requested
+
+    async def stop() -> None:
         server.close(close_connections=False)  # stop accepting; handshakes under way get 503
         sessions.stop_all()
         try:
@@ -1267,6 +1262,26 @@ async def _serve(args: argparse.Namespace, prog: str) -> int:
         except TimeoutError:
             logger.warning("connections still open after %.1f s: dropping them", close_timeout)
             sessions.abort_all()
+
+    return await _until_shutdown(shutdown, sessions, args, prog, stop)
+
+
+async def _until_shutdown(
+    shutdown: _Shutdown,
+    sessions: _Sessions,
+    args: argparse.Namespace,
+    prog: str,
+    stop: Callable[[], Awaitable[None]],
+) -> int:
+    """Serve (with --stats) until SIGINT/SIGTERM, then ``stop()``; a second signal forces."""
+    stats = (
+        asyncio.create_task(_print_stats(sessions, prog, args.stats_interval))
+        if args.stats
+        else None
+    )
+    try:
+        await shutdown.requested
+        await stop()
     except asyncio.CancelledError:
         if not shutdown.forced:
             raise
@@ -1456,26 +1471,13 @@ async def _forward(args: argparse.Namespace, prog: str) -> int:
         return EXIT_ERROR
     addresses = ", ".join(_addr(sock.getsockname()) for sock in server.sockets)
     logger.info("listening on %s (each connection tunnels to %s)", addresses, dialer.shown_uri)
-    stats = (
-        asyncio.create_task(_print_stats(sessions, prog, args.stats_interval))
-        if args.stats
-        else None
-    )
-    try:
-        await shutdown.requested
+
+    async def stop() -> None:
         server.close()
         sessions.stop_all()
         await sessions.wait(args.close_timeout + 1.5)
-    except asyncio.CancelledError:
-        if not shutdown.forced:
-            raise
-        sessions.abort_all()
-        return EXIT_ERROR
-    finally:
-        if stats is not None:
-            stats.cancel()
-            sessions.summary(prog)
-    return EXIT_OK
+
+    return await _until_shutdown(shutdown, sessions, args, prog, stop)
 
 
 async def _cat(args: argparse.Namespace, prog: str) -> int:

@@ -6,24 +6,12 @@ import asyncio
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidProxy, InvalidStatus, InvalidURI
 
+from .._handshake import handshake_failure
 from .._options import split_options
-from ..exceptions import HandshakeError
 from .stream import WsStream
 
-__all__ = ["connect_stream", "open_connection", "redact"]
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any ``user:password@`` hidden, for messages and logs."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+__all__ = ["connect_stream", "open_connection"]
 
 
 async def connect_stream(uri: str, **options: Any) -> WsStream:
@@ -32,25 +20,13 @@ async def connect_stream(uri: str, **options: Any) -> WsStream:
     Options are those of :func:`open_connection`.
     """
     opts, rest = split_options(options)
-    shown = redact(uri)
     try:
         websocket: ClientConnection = await connect(uri, **opts.websockets_kwargs(), **rest)
-    except InvalidURI as exc:
-        raise ValueError(f"{shown!r} is not a valid WebSocket URI") from exc
-    except InvalidProxy as exc:
-        raise ValueError(
-            f"invalid proxy for {shown}: {exc} (check the *_proxy environment variables, "
-            "or pass proxy=None)"
-        ) from exc
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        raise HandshakeError(
-            f"the server at {shown} refused the WebSocket handshake with HTTP {status} "
-            f"{exc.response.reason_phrase}; check the URI path and credentials",
-            status=status,
-        ) from exc
-    except InvalidHandshake as exc:
-        raise HandshakeError(f"the WebSocket handshake with {shown} failed: {exc}") from exc
+    except Exception as exc:
+        mapped = handshake_failure(exc, uri)
+        if mapped is None:
+            raise
+        raise mapped from exc
     return WsStream(websocket, _options=opts)
 
 

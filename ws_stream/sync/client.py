@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any, cast
 
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from .._handshake import handshake_failure
 from .._options import split_options
-from ..exceptions import HandshakeError
 from .connection import StreamConnection
 from .socket import WsSocket
 
@@ -55,16 +54,10 @@ def connect(uri: str, **options: Any) -> WsSocket:
             **opts.websockets_kwargs(),
             **rest,
         )
-    except InvalidURI as exc:
-        raise ValueError(f"{uri!r} is not a valid WebSocket URI: {exc}") from exc
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        raise HandshakeError(
-            f"the server at {uri} refused the WebSocket handshake with HTTP {status} "
-            f"{exc.response.reason_phrase}; check the URI path and credentials",
-            status=status,
-        ) from exc
-    except InvalidHandshake as exc:
-        raise HandshakeError(f"the WebSocket handshake with {uri} failed: {exc}") from exc
+    except Exception as exc:
+        mapped = handshake_failure(exc, uri)
+        if mapped is None:
+            raise
+        raise mapped from exc
     assert isinstance(websocket, ClientStreamConnection)
     return WsSocket(websocket)

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers, HeadersLike
-from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidURI
 from websockets.extensions.permessage_deflate import (
     enable_client_permessage_deflate,
     enable_server_permessage_deflate,
@@ -20,6 +20,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
+from .._handshake import handshake_failure, redact, tls_failure
 from .._options import StreamOptions
 from ..exceptions import HandshakeError
 
@@ -35,10 +36,17 @@ async def _send_pending(stream: trio.abc.Stream, protocol: ClientProtocol | Serv
 
 
 def parse(uri: str) -> WebSocketURI:
+    """Parse ``uri``; raises ValueError (without its credentials) when it is not valid."""
     try:
         return parse_uri(uri)
     except InvalidURI as exc:
-        raise ValueError(f"{uri!r} is not a valid WebSocket URI: {exc}") from exc
+        raise handshake_failure(exc, uri) or ValueError(redact(uri)) from exc
+
+
+def _shown(wsuri: WebSocketURI) -> str:
+    """``wsuri`` for messages: never its user info."""
+    scheme = "wss" if wsuri.secure else "ws"
+    return f"{scheme}://{wsuri.host}:{wsuri.port}{wsuri.resource_name}"
 
 
 async def connect_transport(
@@ -54,6 +62,12 @@ async def connect_transport(
     stream = trio.SSLStream(tcp, context, server_hostname=wsuri.host, https_compatible=True)
     try:
         await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(tcp)
+        cause = exc.__cause__
+        if isinstance(cause, ssl_module.SSLCertVerificationError):
+            raise cause from None
+        raise tls_failure(_shown(wsuri), cause or exc) from exc
     except BaseException:
         await trio.aclose_forcefully(tcp)
         raise
@@ -106,14 +120,7 @@ async def client_handshake(
             )
     exc = protocol.handshake_exc
     if exc is not None:
-        if isinstance(exc, InvalidStatus):
-            status = exc.response.status_code
-            raise HandshakeError(
-                f"the server refused the WebSocket handshake with HTTP {status} "
-                f"{exc.response.reason_phrase}; check the URI path and credentials",
-                status=status,
-            ) from exc
-        raise HandshakeError(f"the WebSocket handshake failed: {exc}") from exc
+        raise handshake_failure(exc, _shown(wsuri)) or HandshakeError(str(exc)) from exc
     response = events[0]
     assert isinstance(response, Response)
     # Frames sent right after the response stay queued in the protocol: the

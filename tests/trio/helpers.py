@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import os
 import struct
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ import trio
 
 from ws_stream.trio import WsStream, serve_websocket_stream
 
-from ..rawpeer import CLOSE, Frame, build_frame
+from ..rawpeer import CLOSE, GUID, Frame, build_frame
 
 
 async def start_server(
@@ -122,3 +123,51 @@ class TrioRawPeer:
 
     async def aclose(self) -> None:
         await self.tcp.aclose()
+
+
+def upgrade_request(uri: str, headers: str = "") -> bytes:
+    """A client's HTTP upgrade request for ``uri`` (ws://host:port/), with extra header lines."""
+    host, port = uri.split("//")[1].rstrip("/").split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
+    ).encode()
+
+
+def switching_protocols(request: bytes) -> bytes:
+    """The ``101`` response a server answers to the upgrade ``request``."""
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode()
+
+
+async def start_raw_server(
+    nursery: trio.Nursery, handler: Callable[[TrioRawPeer, bytes], Awaitable[object]]
+) -> str:
+    """A hand-driven WebSocket server on 127.0.0.1:0; returns its ws:// URI.
+
+    For each client it reads the upgrade request, then calls ``handler(peer,
+    response)`` with the ``101`` response *not yet sent*: the handler sends it,
+    so it can put frames into the same TCP write.
+    """
+
+    async def serve(tcp: trio.SocketStream) -> None:
+        peer = TrioRawPeer(tcp)
+        try:
+            request = await peer._read_until(b"\r\n\r\n")
+        except EOFError:
+            return
+        await handler(peer, switching_protocols(request))
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/"

@@ -40,8 +40,10 @@ async def client_in(nursery: trio.Nursery, uri: str, **options: Any) -> WsStream
     opts = StreamOptions(**options)
     wsuri = parse(uri)
     tcp = await connect_transport(wsuri, None)
-    protocol, request, response = await client_handshake(tcp, wsuri, opts)
-    return WsStream(tcp, protocol, nursery, request=request, response=response, _options=opts)
+    protocol, request, response, received = await client_handshake(tcp, wsuri, opts)
+    return WsStream(
+        tcp, protocol, nursery, request=request, response=response, received=received, _options=opts
+    )
 
 
 def cause_of(info: pytest.ExceptionInfo[BaseException]) -> BaseException | None:

@@ -68,11 +68,11 @@ async def connect_stream(
     with trio.fail_after(opts.open_timeout if opts.open_timeout is not None else float("inf")):
         transport = await connect_transport(wsuri, ssl)
         try:
-            protocol, request, response = await client_handshake(transport, wsuri, opts, **rest)
+            handshake = await client_handshake(transport, wsuri, opts, **rest)
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
-    return _stream(nursery, transport, protocol, request, response, opts)
+    return _stream(nursery, transport, *handshake, opts)
 
 
 def _stream(
@@ -81,6 +81,7 @@ def _stream(
     protocol: Protocol,
     request: Request,
     response: Response,
+    received: bytes,
     opts: StreamOptions,
 ) -> WsStream:
     return WsStream(
@@ -89,6 +90,7 @@ def _stream(
         nursery,
         request=request,
         response=response,
+        received=received,
         ping_interval=opts.ping_interval,
         ping_timeout=opts.ping_timeout,
         _options=opts,
@@ -134,9 +136,8 @@ async def serve_websocket_stream(
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await trio.aclose_forcefully(transport)
             return
-        protocol, request, response = result
         async with trio.open_nursery() as nursery:
-            stream = _stream(nursery, transport, protocol, request, response, opts)
+            stream = _stream(nursery, transport, *result, opts)
             try:
                 await handler(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

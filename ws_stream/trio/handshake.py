@@ -27,6 +27,40 @@ from ..exceptions import HandshakeError
 __all__ = ["client_handshake", "connect_transport", "parse", "server_handshake"]
 
 _RECEIVE_SIZE = 2**16
+_END_OF_HEAD = b"\r\n\r\n"
+
+
+class _HeadSplitter:
+    """Splits what the handshake reads into the HTTP head and what follows it.
+
+    websockets' protocol parses frames as soon as it has parsed the HTTP
+    head, in the same ``receive_data()`` call. Frames the peer sent in the
+    same TCP read as its head (a server that greets first, a client that
+    writes right behind its request) must instead reach the stream, whose
+    reader decides each one as websockets parses it (a text frame fails with
+    1003 before websockets reacts to the frames behind it) - and on the
+    server, only once the response fixed the extensions. So the handshake
+    feeds websockets the head only and hands the rest to the stream.
+    A handshake request and a ``101`` response have no body; the end of the
+    head is the first empty line.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self._tail = b""  # the last bytes before ``data``: a split CRLFCRLF
+
+    def split(self, data: bytes | bytearray) -> tuple[bytes | bytearray, bytes]:
+        """Return (the head's bytes in ``data``, the bytes after the head)."""
+        if self.done:
+            return data, b""
+        window = self._tail + data
+        end = window.find(_END_OF_HEAD)
+        if end < 0:
+            self._tail = window[-(len(_END_OF_HEAD) - 1) :]
+            return data, b""
+        self.done = True
+        cut = end + len(_END_OF_HEAD) - len(self._tail)
+        return data[:cut], bytes(data[cut:])
 
 
 async def _send_pending(stream: trio.abc.Stream, protocol: ClientProtocol | ServerProtocol) -> None:
@@ -83,8 +117,12 @@ async def client_handshake(
     subprotocols: Sequence[str] | None = None,
     origin: str | None = None,
     user_agent_header: str | None = "ws_stream (websockets Sans-I/O; trio)",
-) -> tuple[ClientProtocol, Request, Response]:
+) -> tuple[ClientProtocol, Request, Response, bytes]:
     """Run the client side of the opening handshake; the protocol is OPEN after it.
+
+    Returns the protocol, the request, the response and the bytes the server
+    sent right behind its response (the start of its frames, unparsed: pass
+    them to :class:`WsStream` as ``received``).
 
     Raises:
         HandshakeError: the server refused (``.status``) or answered nonsense.
@@ -104,10 +142,17 @@ async def client_handshake(
         request.headers["User-Agent"] = user_agent_header
     protocol.send_request(request)
     await _send_pending(stream, protocol)
+    head = _HeadSplitter()
+    rest = b""
     while True:
         data = await stream.receive_some(_RECEIVE_SIZE)
         if data:
+            data, rest = head.split(data)
             protocol.receive_data(data)
+            if rest and protocol.state is not OPEN:
+                # Not a 101 (its body follows), or a refused one: not frames.
+                protocol.receive_data(rest)
+                rest = b""
         else:
             protocol.receive_eof()
         events = protocol.events_received()
@@ -123,9 +168,9 @@ async def client_handshake(
         raise handshake_failure(exc, _shown(wsuri)) or HandshakeError(str(exc)) from exc
     response = events[0]
     assert isinstance(response, Response)
-    # Frames sent right after the response stay queued in the protocol: the
-    # stream's reader takes them first.
-    return protocol, request, response
+    # Frames sent right behind the response are in ``rest``, unparsed: the
+    # stream's reader parses them first.
+    return protocol, request, response, rest
 
 
 async def server_handshake(
@@ -135,8 +180,13 @@ async def server_handshake(
     origins: Sequence[str | None] | None = None,
     subprotocols: Sequence[str] | None = None,
     **_: Any,
-) -> tuple[ServerProtocol, Request, Response] | None:
-    """Run the server side of the handshake; None when it failed (HTTP error sent)."""
+) -> tuple[ServerProtocol, Request, Response, bytes] | None:
+    """Run the server side of the handshake; None when it failed (HTTP error sent).
+
+    Returns the protocol, the request, the response and the bytes the client
+    sent right behind its request (the start of its frames, unparsed: pass
+    them to :class:`WsStream` as ``received``).
+    """
     extensions = enable_server_permessage_deflate(None) if options.compression else None
     protocol = ServerProtocol(
         origins=[Origin(o) if o is not None else None for o in origins] if origins else None,
@@ -145,9 +195,12 @@ async def server_handshake(
         max_size=options.websockets_max_size(),
     )
     request: Request | None = None
+    head = _HeadSplitter()
+    rest = b""
     while request is None:
         data = await stream.receive_some(_RECEIVE_SIZE)
         if data:
+            data, rest = head.split(data)
             protocol.receive_data(data)
         else:
             protocol.receive_eof()
@@ -163,4 +216,4 @@ async def server_handshake(
     await _send_pending(stream, protocol)
     if protocol.state is not OPEN:
         return None
-    return protocol, request, response
+    return protocol, request, response, rest

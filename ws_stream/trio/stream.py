@@ -74,7 +74,10 @@ class WsStream(trio.abc.Stream):
     small tasks (reader, flusher, keepalive) in the nursery it is given; they
     end with the connection. Create it with
     :func:`ws_stream.trio.open_websocket_stream` or
-    :func:`ws_stream.trio.serve_websocket_stream`.
+    :func:`ws_stream.trio.serve_websocket_stream`. Built on a handshake of
+    your own, pass ``received``: the bytes read behind the handshake (the
+    peer's first frames, unparsed), which the stream parses before anything
+    else it reads.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class WsStream(trio.abc.Stream):
         response: Response | None = None,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        received: bytes = b"",
         _options: StreamOptions | None = None,
         **options: Any,
     ) -> None:
@@ -112,6 +116,8 @@ class WsStream(trio.abc.Stream):
         self._read_error: BaseException | None = None
         self._finished = False  # the reader task is done: the connection is over
         self._closed_locally = False  # aclose() was called
+        self._send_broken = False  # a write was interrupted: a frame may be cut short
+        self._received = bytes(received)  # read with the handshake, not parsed yet
         self._receiving = False
         self._sending = False
         self._send_lock = trio.Lock()
@@ -124,7 +130,8 @@ class WsStream(trio.abc.Stream):
         self._pings: dict[bytes, tuple[trio.Event, float, list[float]]] = {}
         self._cancel_scope = trio.CancelScope()
         self.stats = StreamStats()
-        # Frames that came with the handshake response were parsed already.
+        # Frames a caller's own handshake already parsed (ours hands over the
+        # unparsed bytes instead, as ``received``: see _reader).
         initial = [event for event in protocol.events_received() if isinstance(event, Frame)]
         self._ws_recv_frame = protocol.recv_frame
         protocol.recv_frame = self._recv_frame  # type: ignore[method-assign]
@@ -157,6 +164,20 @@ class WsStream(trio.abc.Stream):
         return self._policy.error
 
     @property
+    def reading_paused(self) -> bool:
+        """True while the socket is not read because the application has not read the
+        buffer (read backpressure): no frame can arrive then (reconnect's idle timeout)."""
+        return bool(self._space_lot)  # the reader task parks there
+
+    def _end_reader(self, error: Exception) -> None:
+        """Make ``receive_some()`` raise ``error`` (the ``__cause__`` of
+        BrokenResourceError) once the bytes already received were read, unless
+        the stream has ended already. Used by reconnect's idle timeout."""
+        if self._read_error is None and not self._eof:
+            self._read_error = error
+            self._data_lot.unpark_all()
+
+    @property
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
         return peer_close(self._ws.close_rcvd, self._finished)[0]
@@ -186,22 +207,41 @@ class WsStream(trio.abc.Stream):
     async def _reader(self) -> BaseException | None:
         """Read the socket until the connection ends; never waits on a sender."""
         ws = self._ws
+        if self._received:
+            # Frames the peer sent right behind the handshake, in the same TCP
+            # read: parsed here, through _recv_frame, like every later frame.
+            received, self._received = self._received, b""
+            ws.receive_data(received)
         self._process_events()  # what websockets decided on the handshake's frames
         while ws.state is not CLOSED:
-            while len(self._chunks) > self._options.limit and not self._closed_locally:
-                await self._space_lot.park()  # read backpressure: stop reading the socket
             cause: BaseException | None = None
+            data: bytes | bytearray = b""
+            # The close deadline bounds the wait for the application to read
+            # (backpressure) as well as the socket read: it holds whatever the
+            # application does.
             with trio.move_on_at(self._close_deadline) as scope:
                 self._read_scope = scope
+                while len(self._chunks) > self._options.limit and not self._closed_locally:
+                    await self._space_lot.park()  # read backpressure: stop reading the socket
                 try:
                     data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     cause, data = exc, b""
             if scope.cancelled_caught:
-                logger.info(
-                    "the peer did not complete the closing handshake within %.1f s; dropping TCP",
-                    self._options.close_timeout,
-                )
+                if len(self._chunks) > self._options.limit:
+                    logger.info(
+                        "the closing handshake did not complete within %.1f s while the "
+                        "application left %d received bytes unread (reading was paused); "
+                        "dropping TCP",
+                        self._options.close_timeout,
+                        len(self._chunks),
+                    )
+                else:
+                    logger.info(
+                        "the peer did not complete the closing handshake within %.1f s; "
+                        "dropping TCP",
+                        self._options.close_timeout,
+                    )
                 return TimeoutError("timed out while closing the connection")
             if data:
                 ws.receive_data(data)
@@ -220,6 +260,9 @@ class WsStream(trio.abc.Stream):
         the frames behind it in the same read (fail() discards them).
         """
         self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
+        events = self._ws.events
+        if events and events[-1] is frame:
+            del events[-1]  # handled here: a read of tiny frames must not hold them all
         self._frame(frame)
 
     def _frame(self, frame: Frame) -> None:
@@ -296,11 +339,40 @@ class WsStream(trio.abc.Stream):
             async with self._send_lock:
                 try:
                     await self._send_pending()
+                except trio.ClosedResourceError:
+                    return  # closed by aclose()
                 except trio.BrokenResourceError:
-                    return  # the reader sees the end of the connection
+                    if not self._send_broken:
+                        return  # the reader sees the end of the connection
+                    # Sending is broken: keep discarding what websockets queues.
+
+    def _check_sendable(self) -> None:
+        """Raise if a frame can no longer be written (call before queueing one)."""
+        if self._closed_locally:
+            raise trio.ClosedResourceError("this stream was closed")
+        if self._send_broken:
+            raise trio.BrokenResourceError(
+                "a send was cancelled in the middle of a frame, so the peer can no longer "
+                "parse what follows: nothing more can be sent on this stream; close it "
+                "(aclose() drops the connection at once) and reconnect"
+            )
 
     async def _send_pending(self) -> None:
-        """Write what websockets queued; call with the send lock held."""
+        """Write what websockets queued; call with the send lock held.
+
+        A write interrupted once it began (cancelled, or any other exception
+        than the connection failing) may have left part of a frame on the wire.
+        Then sending is broken, following trio's convention (as
+        :class:`trio.SSLStream`): what websockets queued and every later frame
+        (data, pong, ping, close) is discarded instead of being written into
+        the cut frame, later sends raise :exc:`trio.BrokenResourceError` and
+        :meth:`aclose` drops the connection at once. Callers check for
+        cancellation before queueing a frame, so a send cancelled before it
+        wrote anything leaves the stream usable.
+        """
+        if self._send_broken:
+            self._ws.data_to_send()  # never into the cut frame
+            self._check_sendable()
         for data in self._ws.data_to_send():
             try:
                 if data:
@@ -315,6 +387,13 @@ class WsStream(trio.abc.Stream):
                 raise trio.BrokenResourceError("the connection is closed") from None
             except trio.BrokenResourceError as exc:
                 raise _broken(exc, "the connection is broken") from None
+            except BaseException:
+                self._send_broken = True
+                logger.info(
+                    "a send was interrupted in the middle of a frame: the stream can no "
+                    "longer send (pongs, pings and the close frame are dropped too)"
+                )
+                raise
 
     async def _keepalive(self, interval: float) -> None:
         while True:
@@ -382,29 +461,41 @@ class WsStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as binary frames of at most ``max_frame_size`` bytes.
 
+        Cancellation: frames are written whole or not at all as far as the
+        peer can tell. Cancelled before it began writing a frame, ``send_all``
+        leaves the stream usable (the frames before it were sent whole).
+        Cancelled while a frame was being written, it leaves the stream
+        *broken*, as :class:`trio.SSLStream` does: the peer got part of a
+        frame, so nothing more is written on the connection (no data, pong,
+        ping or close frame), later sends raise
+        :exc:`trio.BrokenResourceError` and :meth:`aclose` drops TCP at once.
+        Receiving is not affected.
+
         Raises:
             trio.BusyResourceError: another task is sending.
             trio.ClosedResourceError: this stream was closed with :meth:`aclose`.
             trio.BrokenResourceError: the WebSocket is closing or closed (the
-                peer's close frame arrived, or :meth:`send_close` was called).
+                peer's close frame arrived, or :meth:`send_close` was called),
+                or an earlier send was cancelled in the middle of a frame.
         """
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
         try:
-            if self._closed_locally:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_sendable()
             view = memoryview(data).cast("B")
             size = self._options.max_frame_size
             async with self._send_lock:
-                if self._closed_locally:
-                    raise trio.ClosedResourceError("this stream was closed")
                 for start in range(0, len(view), size):
+                    self._check_sendable()
                     if self._ws.state is not OPEN:
                         raise trio.BrokenResourceError(
                             "the WebSocket is closing: data can no longer be sent "
                             f"(peer close code {self.close_code})"
                         )
+                    # Cancelled here, nothing of this frame was written: the
+                    # stream stays usable (frames before it were sent whole).
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     chunk = view[start : start + size]
                     self._ws.send_binary(chunk)
                     await self._send_pending()
@@ -418,9 +509,9 @@ class WsStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
         try:
-            if self._closed_locally:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_sendable()
             async with self._send_lock:
+                self._check_sendable()
                 try:
                     await self.transport_stream.wait_send_all_might_not_block()
                 except trio.ClosedResourceError:
@@ -435,13 +526,25 @@ class WsStream(trio.abc.Stream):
     async def send_close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame; keep receiving until the peer's close, then ``b""``.
 
-        The peer has ``close_timeout`` seconds to answer; then TCP is dropped.
+        The peer has ``close_timeout`` seconds to answer; then TCP is dropped,
+        whether or not the application reads meanwhile (unread data past
+        ``limit`` does not hold the deadline back). Without the peer's close
+        frame, ``wait_closed()`` returns, the events end with
+        ``Closed(1006, clean=False)`` and ``receive_some()`` raises
+        :exc:`trio.BrokenResourceError` after the bytes already received.
+
+        Raises:
+            trio.ClosedResourceError: this stream was closed with :meth:`aclose`.
+            trio.BrokenResourceError: an earlier send was cancelled in the
+                middle of a frame (no close frame can follow it), or the
+                connection failed while the close frame was written.
         """
         check_close(code, reason)
-        if self._closed_locally:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_sendable()
         async with self._send_lock:
+            self._check_sendable()
             if self._ws.state is OPEN:
+                await trio.lowlevel.checkpoint_if_cancelled()
                 self._ws.send_close(code, reason)
                 self._start_close_timer()
                 await self._send_pending()
@@ -450,7 +553,9 @@ class WsStream(trio.abc.Stream):
         """Perform the closing handshake with ``code``/``reason``, bounded by ``close_timeout``.
 
         Idempotent. Cancellation-safe: a cancelled ``aclose`` still closes the
-        TCP connection. Unread received data is discarded.
+        TCP connection. Unread received data is discarded. After a send that
+        was cancelled in the middle of a frame, no close frame can be sent:
+        TCP is closed at once.
         """
         check_close(code, reason)
         if self._closed_locally:
@@ -461,9 +566,9 @@ class WsStream(trio.abc.Stream):
         self._data_lot.unpark_all()
         self._space_lot.unpark_all()
         try:
-            if not self._sending and not self._finished:
-                # A send blocked mid-frame cannot be followed by a close frame:
-                # then the connection is dropped at once.
+            if not self._sending and not self._finished and not self._send_broken:
+                # A send blocked (or cut short) mid-frame cannot be followed by
+                # a close frame: then the connection is dropped at once.
                 with trio.move_on_after(self._options.close_timeout):
                     try:
                         async with self._send_lock:
@@ -473,7 +578,8 @@ class WsStream(trio.abc.Stream):
                                 await self._send_pending()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
-                    await self._closed.wait()
+                    if not self._send_broken:
+                        await self._closed.wait()
         finally:
             self._cancel_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -507,8 +613,10 @@ class WsStream(trio.abc.Stream):
         self._pings[payload] = (done, trio.current_time(), result)
         try:
             async with self._send_lock:
+                self._check_sendable()
                 if self._ws.state is not OPEN:
                     raise trio.BrokenResourceError("cannot ping: the WebSocket is closing")
+                await trio.lowlevel.checkpoint_if_cancelled()
                 self._ws.send_ping(payload)
                 await self._send_pending()
                 self.stats.pings_sent += 1

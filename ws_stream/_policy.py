@@ -118,6 +118,40 @@ class StreamPolicy:
         self.error: WsStreamError | None = None
         self._in_text = False  # inside a fragmented text message
         self._decoder: codecs.IncrementalDecoder | None = None
+        self.closed_locally = False  # the application closed its end
+        self.discarding = False  # data frames go nowhere from now on
+
+    # Unread data and the closing handshake
+
+    @property
+    def delivering(self) -> bool:
+        """True while data frames can still join the stream."""
+        return self.state is State.OPEN and not self.discarding
+
+    def local_close(self) -> None:
+        """The application closed its end (``close()``); its close frame goes out.
+
+        Data frames the peer sent before it saw our close still join the
+        stream while the reader has room: the application may read them.
+        Once the reader is full, see :meth:`may_pause`.
+        """
+        self.closed_locally = True
+
+    def may_pause(self) -> bool:
+        """The reader passed ``limit``: may the shell stop reading TCP?
+
+        Yes while the stream is open: that is flow control. No once nothing
+        more joins the stream (EOF, failure), and no after the application's
+        close: the peer's close frame may sit behind data that nobody will
+        read, and waiting for a reader would cost ``close_timeout`` and turn a
+        clean close into 1006. Decided here, once: after the application's
+        close, a full reader makes every later data frame be discarded (text
+        frames too: they no longer fail the connection); control frames still
+        count, and the closing handshake completes at once.
+        """
+        if self.closed_locally:
+            self.discarding = True
+        return self.delivering
 
     # Frames
 
@@ -127,8 +161,10 @@ class StreamPolicy:
             # After our failure or the peer's close, RFC 6455 says to discard.
             return _NOTHING
         if opcode is _BINARY or (opcode is _CONT and not self._in_text):
-            return Step(data) if data else _NOTHING
+            return Step(data) if data and not self.discarding else _NOTHING
         if opcode is _TEXT or opcode is _CONT:
+            if self.discarding:
+                return _NOTHING
             return self._text(data, first=opcode is _TEXT, fin=fin)
         if opcode is Opcode.PING:
             return Step(event=PingReceived(bytes(data)))

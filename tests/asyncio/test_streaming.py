@@ -174,7 +174,6 @@ async def test_writer_backpressure_against_a_peer_that_does_not_read() -> None:
         writer.transport.abort()
 
 
-@pytest.mark.default_loop_only
 async def test_start_tls_inside_the_websocket() -> None:
     """TLS end to end *inside* the WebSocket: a relay sees only ciphertext."""
     ca = trustme.CA()
@@ -207,7 +206,6 @@ async def test_start_tls_inside_the_websocket() -> None:
         writer.close()
 
 
-@pytest.mark.default_loop_only
 async def test_start_tls_rejects_an_untrusted_certificate() -> None:
     cert = trustme.CA().issue_cert("inner.test")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -7,10 +7,13 @@ its front: two copies of every byte. Frames from websockets are already
 Searches (``readline``, ``readuntil``) join chunks into one ``bytearray``
 head, once per byte, as asyncio does.
 
-Two differences from asyncio's reader, both toward "nothing lost": an error set
-with :meth:`set_exception` is raised only after every buffered byte was read,
-and a ``readexactly``/``readuntil`` interrupted by an error leaves the bytes it
-had not returned in the buffer.
+Differences from asyncio's reader, all toward "nothing lost": an error set
+with :meth:`set_exception` is raised only after every buffered byte was read
+(a ``read()`` to EOF waiting when the error comes returns the bytes it
+gathered; the next read raises); a ``readexactly``/``readuntil``/``readline``
+interrupted by an error raises it and leaves the bytes it had not returned in
+the buffer; a ``read()`` to EOF that is cancelled (a timeout) puts back what it
+had gathered.
 """
 
 from __future__ import annotations
@@ -70,11 +73,26 @@ class ChunkedStreamReader(asyncio.StreamReader):
         if not n:
             return
         self._chunks.append(chunk)
+        self._wake()
+        self._maybe_pause_transport()
+
+    def set_exception(self, exc: BaseException) -> None:
+        """End the stream with ``exc``, raised after every buffered byte was read.
+
+        Unlike asyncio's reader, a waiting read is woken rather than failed: it
+        returns what it gathered first (a ``read()`` to EOF would lose it).
+        """
+        self._exception = exc
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _maybe_pause_transport(self) -> None:
         if len(self._chunks) > self._limit and not self._paused and self._transport is not None:
             try:
                 self._transport.pause_reading()
@@ -129,14 +147,20 @@ class ChunkedStreamReader(asyncio.StreamReader):
         if n < 0:
             # Read until EOF, as asyncio does (bounded by the caller's patience).
             parts = [self._take(len(self._chunks))]
-            while True:
-                while not len(self._chunks):
-                    if self._eof or self._exception is not None:
-                        # After an error, the bytes before it come first; the
-                        # next read raises.
-                        return b"".join(parts)
-                    await self._wait("read")
-                parts.append(self._take(len(self._chunks)))
+            try:
+                while True:
+                    while not len(self._chunks):
+                        if self._eof or self._exception is not None:
+                            # After an error, the bytes before it come first;
+                            # the next read raises.
+                            return b"".join(parts)
+                        await self._wait("read")
+                    parts.append(self._take(len(self._chunks)))
+            except BaseException:
+                # Cancelled (a timeout): what was gathered goes back, in order.
+                self._chunks.unread(parts)
+                self._maybe_pause_transport()
+                raise
         return self._take(n, exact=False)
 
     async def readexactly(self, n: int) -> bytes:

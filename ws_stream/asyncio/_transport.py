@@ -151,6 +151,9 @@ class WsTransport(asyncio.Transport):
         to the frames behind it in the same read (fail() discards them).
         """
         self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
+        events = self._ws.events
+        if frame.opcode in _DATA_OPCODES and events and events[-1] is frame:
+            del events[-1]  # ours: a read of tiny frames must not hold them all
         stats = self.stats
         stats.frames_received += 1
         stats.last_frame_at = self._loop.time()
@@ -229,6 +232,19 @@ class WsTransport(asyncio.Transport):
             protocol.connection_lost(exc)
         except Exception:
             logger.exception("connection_lost() of %r raised", protocol)
+        self._read_freely()
+
+    def _read_freely(self) -> None:
+        """Resume reading TCP if the reader is full and the policy says not to wait for it.
+
+        After the end of the stream or the application's close, the peer's
+        close frame (or the end of TCP) may sit behind data the reader paused
+        for; see :meth:`StreamPolicy.may_pause`.
+        """
+        if self._reading_paused and not self._policy.may_pause():
+            self._reading_paused = False
+            if not self._tcp.is_closing():
+                self._tcp.resume_reading()
 
     def _ws_lost(self, _: asyncio.Future[None]) -> None:
         """The TCP connection is gone: finish the stream and publish Closed."""
@@ -312,10 +328,19 @@ class WsTransport(asyncio.Transport):
         return self._closing or self._protocol_lost or self._ws.state is not _OPEN
 
     def close(self) -> None:
-        """Flush, send a close frame, and drop TCP after ``close_timeout``."""
+        """Flush, send a close frame, and drop TCP after ``close_timeout``.
+
+        Unread data never holds the closing handshake back: bytes in flight
+        still reach the reader while it has room (below ``limit``); once it is
+        full, TCP is read on and data frames are discarded
+        (:meth:`StreamPolicy.may_pause`). The reader ends with EOF after a
+        clean closing handshake, with the error otherwise.
+        """
         if self._closing:
             return
         self._closing = True
+        self._policy.local_close()
+        self._read_freely()
         self._send_close(self.close_code_to_send, self.close_reason_to_send)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -332,7 +357,7 @@ class WsTransport(asyncio.Transport):
         return not self._reading_paused and not self.is_closing()
 
     def pause_reading(self) -> None:
-        if not self._reading_paused:
+        if not self._reading_paused and self._policy.may_pause():
             self._reading_paused = True
             self._tcp.pause_reading()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from asyncio import sslproto
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -72,20 +74,15 @@ class WsStream:
         self._hub = EventHub[Event](_options.max_events)
         self._transport = WsTransport(websocket, _options, self._hub, self)
         self._reader = ChunkedStreamReader(_options.limit, self._loop)
-        # A server-side StreamReaderProtocol has a connected callback: that is
-        # how StreamWriter.start_tls() knows to do a server-side TLS handshake.
-        # Ours only keeps the writer the protocol creates, as asyncio.start_server.
-        writers: list[asyncio.StreamWriter] = []
-        server_side = websocket.protocol.side is SERVER
-        self._protocol = asyncio.StreamReaderProtocol(
-            self._reader, (lambda _, w: writers.append(w)) if server_side else None, self._loop
-        )
+        self._protocol = asyncio.StreamReaderProtocol(self._reader, loop=self._loop)
         self._transport.attach(self._protocol)
-        if not writers:  # client side: as asyncio.open_connection()
-            writers.append(
-                asyncio.StreamWriter(self._transport, self._protocol, self._reader, self._loop)
-            )
-        self._writer = writers[0]
+        self._writer = _StreamWriter(
+            self._transport,
+            self._protocol,
+            self._reader,
+            self._loop,
+            server_side=websocket.protocol.side is SERVER,
+        )
 
     def __repr__(self) -> str:
         return f"<WsStream {self._websocket.protocol.side.name.lower()} {self._websocket.id}>"
@@ -151,6 +148,12 @@ class WsStream:
         Waits at most ``close_timeout`` for the peer's close frame and the end of
         TCP, then drops the connection. Idempotent; never raises for a
         connection that is already gone.
+
+        Unread data never holds the closing handshake back (as
+        ``writer.close()``): what the peer sent before its close still reaches
+        the reader while it holds less than ``limit``; past that, TCP is read
+        on and the rest is discarded. The reader ends with EOF after a clean
+        handshake, with the error otherwise.
 
         Raises:
             ValueError: ``code`` is not a close code an endpoint may send
@@ -227,6 +230,94 @@ class WsStream:
             await self.close()
         else:
             await self.close(1011, "internal error")
+
+
+class _StreamWriter(asyncio.StreamWriter):
+    """asyncio's StreamWriter, whose :meth:`start_tls` works on every event loop.
+
+    ``StreamWriter.start_tls()`` calls ``loop.start_tls()``, and uvloop's
+    accepts only uvloop's own transports (a TypeError for any other). So this
+    writer layers TLS itself, as asyncio's ``loop.start_tls()`` does, with
+    asyncio's ``SSLProtocol`` and public loop methods only: the same code on
+    asyncio's default loop, uvloop or any other. The side of the TLS handshake
+    is the WebSocket's (a server's stream does the server handshake).
+    """
+
+    # asyncio.StreamWriter's private state, which typeshed does not declare.
+    _loop: asyncio.AbstractEventLoop
+    _protocol: asyncio.StreamReaderProtocol
+    _transport: asyncio.Transport
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        protocol: asyncio.StreamReaderProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        server_side: bool,
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self._server_side = server_side
+
+    async def start_tls(
+        self,
+        sslcontext: ssl.SSLContext,
+        *,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> None:
+        """Upgrade the stream to TLS inside the WebSocket (as ``StreamWriter.start_tls``).
+
+        Raises:
+            TypeError: ``sslcontext`` is not an :class:`ssl.SSLContext`.
+            ssl.SSLError: the TLS handshake failed (the stream is closed).
+            TimeoutError: no TLS handshake within ``ssl_handshake_timeout``
+                (default 60 s).
+            ConnectionError: the connection was lost first.
+        """
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f"sslcontext must be an ssl.SSLContext, not {type(sslcontext).__name__}"
+            )
+        protocol = self._protocol
+        await self.drain()
+        transport = self._transport
+        loop = self._loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        ssl_protocol = sslproto.SSLProtocol(
+            loop,
+            protocol,
+            sslcontext,
+            waiter,
+            self._server_side,
+            server_hostname,
+            # typeshed says int; asyncio takes seconds, as everywhere.
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False,
+        )
+        # As asyncio's loop.start_tls(): no data may reach the SSL protocol
+        # before its connection_made().
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        made = loop.call_soon(ssl_protocol.connection_made, transport)
+        resumed = loop.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        self._transport = ssl_protocol._app_transport
+        # What StreamWriter.start_tls() does next (renamed in Python 3.13).
+        replace_transport = getattr(protocol, "_replace_transport", None)
+        if replace_transport is not None:
+            replace_transport(self._transport)
+        else:
+            protocol._replace_writer(self)  # type: ignore[attr-defined]
 
 
 class EventStream(Generic[T]):

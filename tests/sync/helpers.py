@@ -67,3 +67,17 @@ def connect(uri: str, **options: Any) -> WsSocket:
     options.setdefault("ping_interval", None)
     options.setdefault("close_timeout", 2)
     return ws_stream.sync.connect(uri, **options)
+
+
+def tls_contexts() -> tuple[Any, Any]:
+    """(server, client) SSL contexts from a fresh trustme CA, for ``wss://localhost``."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx

@@ -29,7 +29,17 @@ background thread never waits behind an application write stuck on a full
 socket (which would stop it reading, and deadlock two peers both writing).
 A write with a timeout uses non-blocking sends: when time runs out, bytes
 already framed stay queued (in order, never half-lost) and a helper thread
-finishes them, as a kernel finishes a TCP send buffer.
+finishes them, as a kernel finishes a TCP send buffer. On TLS a write cannot
+be timed (a record, once started, must be finished, and ``MSG_DONTWAIT`` does
+not apply), so a write with a timeout hands the queue to the helper thread at
+once and waits for it within its time: the same promise as on plain TCP. An
+idle helper lingers :data:`HELPER_LINGER` seconds for more work; it is a daemon
+thread, like websockets' own.
+
+Finalizers. :meth:`StreamConnection.abandon` is the only close a finalizer may
+call: it never blocks and never starts a thread (a finalizer may run at any
+allocation, in any thread, or during interpreter shutdown, when no new thread
+can start and daemon threads no longer run).
 """
 
 from __future__ import annotations
@@ -69,6 +79,13 @@ _DATA_OPCODES: Final = frozenset({Opcode.BINARY, Opcode.TEXT, Opcode.CONT})
 
 #: Bytes queued for sending past which a write waits: a user-space send buffer.
 SEND_BUFFER: Final = 2**16
+
+#: Seconds an idle helper thread waits for more queued bytes before it ends.
+HELPER_LINGER: Final = 5.0
+
+#: A finalizer writes at most this much on a TLS socket (one small record, which
+#: a socket that polls writable takes without blocking); beyond, it drops TCP.
+_NOWAIT_TLS_BYTES: Final = 4096
 
 _DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
 
@@ -168,12 +185,17 @@ class StreamConnection(Connection):
         self.out_size = 0
         self.flushing = False  # some thread is the flusher
         self.write_broken: BaseException | None = None  # the socket failed while writing
+        self._helper_idle = False  # a helper thread waits for work, without the role
+        self._helper_handoff = False  # the role was handed to the idle helper
+        self._abandoned = False  # closed by a finalizer: drop TCP once the queue is out
         # Closing.
         self.lost = threading.Event()  # the background thread has finished
         self._timer_lock = threading.Lock()
         self._close_timer: threading.Timer | None = None
         self._parser_exc_seen = False
-        self._can_dontwait = bool(_DONTWAIT) and not isinstance(sock, ssl.SSLSocket)
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        # Whether a write can be timed on this socket: plain TCP with MSG_DONTWAIT.
+        self._can_dontwait = bool(_DONTWAIT) and not self._tls
         # Take the data frames from websockets as they are parsed.
         self._pending: list[bytes] = []  # payloads of the read being parsed
         self._ws_recv_frame = protocol.recv_frame
@@ -195,6 +217,9 @@ class StreamConnection(Connection):
         right after this read is parsed.
         """
         self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
+        events = self.protocol.events
+        if frame.opcode in _DATA_OPCODES and events and events[-1] is frame:
+            del events[-1]  # ours: a read of tiny frames must not hold them all
         stats = self.stats
         stats.frames_received += 1
         opcode = frame.opcode
@@ -204,6 +229,9 @@ class StreamConnection(Connection):
         if step.event is None and step.failure is None and not step.eof:
             if step.data is not None:
                 self._pending.append(step.data)
+                if len(self._pending) >= 1024:  # tiny frames: bound what one read holds
+                    self._deliver(self._pending)
+                    self._pending = []
             return
         if self._pending:  # what came first, first
             self._deliver(self._pending)
@@ -555,6 +583,11 @@ class StreamConnection(Connection):
 
     def _write_frames(self, data: BytesLike, total: int, budget: Budget, partial: bool) -> int:
         size = self.max_frame_size
+        # When a helper writes (see _delegates), a write returns once its bytes
+        # are queued within the send buffer, as a kernel's send() does: waiting
+        # for the helper to empty the queue would cost two thread switches per
+        # write. Otherwise the caller writes, and writes everything it framed.
+        final = SEND_BUFFER - 1 if self._delegates(budget) else 0
         sent = 0
         while True:
             chunk = data[sent : sent + size] if total > size else data
@@ -572,9 +605,9 @@ class StreamConnection(Connection):
                 if claimed:  # nobody was writing: we write, now
                     if direct is not None:
                         self._send_direct(direct)
-                    self._flush_as_flusher(budget, 0 if last else SEND_BUFFER - 1, user=True)
+                    self._flush_as_flusher(budget, final if last else SEND_BUFFER - 1, user=True)
                 elif last:
-                    self._flush(budget, 0)
+                    self._flush(budget, final)
             except (TimeoutError, BlockingIOError):
                 # Accepted: a helper thread finishes sending them.
                 if partial or last:
@@ -664,6 +697,14 @@ class StreamConnection(Connection):
         self._arm_close_timer()
         self._flush(budget, 0)
 
+    def _delegates(self, budget: Budget) -> bool:
+        """Whether an application write within ``budget`` is left to a helper thread.
+
+        On TLS (or without MSG_DONTWAIT) a socket write cannot be timed or cut:
+        the helper writes, blocking, and the caller waits within its budget.
+        """
+        return budget.end is not None and not self._can_dontwait
+
     def _flush(self, budget: Budget, target: int) -> None:
         """Write queued bytes until at most ``target`` remain (0: all of them)."""
         with self.out_cond:
@@ -674,7 +715,10 @@ class StreamConnection(Connection):
                     raise self.write_error()
                 if not self.flushing:
                     self.flushing = True
-                    break
+                    if not self._delegates(budget):
+                        break
+                    self._hand_over()  # a helper writes; we wait for it below
+                    continue
                 self._out_waiters += 1  # another thread is writing: wait for progress
                 try:
                     budget.wait(self.out_cond)
@@ -682,17 +726,26 @@ class StreamConnection(Connection):
                     self._out_waiters -= 1
         self._flush_as_flusher(budget, target, user=True)
 
-    def _flush_as_flusher(self, budget: Budget, target: int, *, user: bool) -> None:
+    def _flush_as_flusher(
+        self, budget: Budget, target: int, *, user: bool, helper: bool = False
+    ) -> None:
         """Write the queue's head until ``target``; we are the flusher and give the role back.
 
         ``user``: an application call (not holding protocol_mutex). When its
         budget runs out, a helper thread takes the role over and finishes the
-        queued bytes; when the socket fails, the connection is ended and the
-        stream's error raised. Otherwise (websockets' own calls, the helper)
-        errors are raised as they are.
+        queued bytes (on TLS it takes it over at once: see :meth:`_delegates`);
+        when the socket fails, the connection is ended and the stream's error
+        raised. Otherwise (websockets' own calls, the helper) errors are raised
+        as they are. ``helper``: the helper thread, which goes idle when done.
+        After :meth:`abandon`, the queue is written to the end and TCP dropped.
         """
         out = self.out
         lock = self._out_lock
+        if user and self._delegates(budget):
+            with lock:
+                self._hand_over()
+            self._flush(budget, target)
+            return
         item = b""
         n = -1  # bytes of item written by the last round (-1: none yet)
         try:
@@ -705,10 +758,15 @@ class StreamConnection(Connection):
                             out[0] = item[n:]
                         self.out_size -= n
                         n = -1
+                    if self._abandoned:
+                        target = 0  # the close frame must go out, then TCP is dropped
                     if self.out_size <= target and (target or not out):
                         self.flushing = False
+                        if helper:  # idle now, unless the connection is being dropped
+                            self._helper_idle = not self._abandoned
                         self._notify_writers()
-                        return
+                        drop = self._abandoned
+                        break
                     self._notify_writers()
                     item = out[0]
                 if item:
@@ -720,7 +778,7 @@ class StreamConnection(Connection):
         except (TimeoutError, BlockingIOError):
             with lock:
                 if user and out and not self.lost.is_set():
-                    self._start_helper()  # it inherits the flusher role
+                    self._hand_over()  # a helper finishes the queued bytes
                 else:
                     self.flushing = False
                 self._notify_writers()
@@ -730,6 +788,8 @@ class StreamConnection(Connection):
         except BaseException as exc:
             self._write_interrupted(exc)
             raise
+        if drop:
+            self._drop_tcp()
 
     def _write_failed(self, exc: OSError, *, user: bool) -> None:
         """The socket failed under the flusher: drop the queue, give the role back, raise.
@@ -752,26 +812,164 @@ class StreamConnection(Connection):
         self.lost.wait(1.0)  # the policy's verdict (an abnormal closure)
         raise self.write_error() from exc
 
-    def _start_helper(self) -> None:
-        """A write ran out of time with bytes queued: a thread finishes them (_out_lock held)."""
-        thread = threading.Thread(target=self._helper_flush, daemon=True)
-        thread.name = f"ws_stream flusher {self.id}"
-        thread.start()
+    def _hand_over(self) -> None:
+        """Give our flusher role to the helper thread (_out_lock held).
 
-    def _helper_flush(self) -> None:
+        The idle helper is woken, or a new one started (a daemon thread); with
+        nothing queued, the role is simply given back. Never called from a
+        finalizer.
+        """
+        if not self.out:
+            self.flushing = False
+            self._notify_writers()
+        elif self._helper_idle:
+            self._helper_idle = False
+            self._helper_handoff = True
+            self.out_cond.notify_all()
+        else:
+            thread = threading.Thread(target=self._helper_run, daemon=True)
+            thread.name = f"ws_stream flusher {self.id}"
+            thread.start()  # it inherits the flusher role
+
+    def _helper_run(self) -> None:
+        """The helper thread: write the queue, blocking; then linger for more work."""
         try:
-            self._flush_as_flusher(Budget(None), 0, user=False)
+            while True:
+                self._flush_as_flusher(Budget(None), 0, user=False, helper=True)
+                if not self._helper_wait():
+                    return
         except OSError as exc:
             logger.info("sending queued bytes failed: %r", exc)
             if not self.lost.is_set():
                 self.abort(exc)
 
+    def _helper_wait(self) -> bool:
+        """Idle: True once handed the flusher role again, False to end the thread.
+
+        The helper ends after :data:`HELPER_LINGER` idle seconds, or when the
+        connection can send no more.
+        """
+        end = time.monotonic() + HELPER_LINGER
+        with self.out_cond:
+            while not self._helper_handoff:
+                left = end - time.monotonic()
+                if (
+                    left <= 0
+                    or self._abandoned
+                    or self.write_broken is not None
+                    or self.lost.is_set()
+                ):
+                    self._helper_idle = False
+                    return False
+                self._out_waiters += 1
+                try:
+                    self.out_cond.wait(left)
+                finally:
+                    self._out_waiters -= 1
+            self._helper_handoff = False
+            return True
+
+    # Closing from a finalizer
+
+    def abandon(self, code: int, reason: str) -> None:
+        """Close without blocking or starting a thread: the close of a finalizer.
+
+        Unread bytes are discarded and a close frame (``code``, ``reason``)
+        is queued behind the bytes already accepted. If a thread is writing
+        (a helper finishing what a timed-out write accepted), it writes them
+        and the close frame, then drops TCP; otherwise the queue is written
+        now as far as the socket takes it without blocking, and TCP is
+        dropped. The peer's answer is not awaited (nobody could bound the
+        wait). If a lock is busy or the socket cannot take everything at once,
+        TCP is dropped all the same: the peer then sees the connection lost
+        (1006), never a clean end with bytes missing. A close already under
+        way (``shutdown``, the peer's close frame) is left to its own
+        ``close_timeout``. Never raises.
+        """
+        if self.lost.is_set():
+            return
+        if self.recv_lock.acquire(blocking=False):
+            try:
+                self.read_shut = True
+                self.buffer.clear()
+                self._stop_flow_control()
+                self._wake_readers()
+            finally:
+                self.recv_lock.release()
+        queued = claimed = False
+        mutex = self.protocol_mutex
+        if mutex.acquire(blocking=False):
+            try:
+                if self.protocol.state is not OPEN:
+                    return  # closing already, bounded by its close timer; or over
+                if self._out_lock.acquire(blocking=False):
+                    try:
+                        self.protocol.send_close(code, reason)
+                        self._enqueue(self.protocol.data_to_send())
+                        self._abandoned = queued = True
+                        claimed = not self.flushing
+                        self.flushing = True
+                    finally:
+                        self._out_lock.release()
+            finally:
+                mutex.release()
+        if not queued:
+            self._drop_tcp()
+        elif claimed:
+            self._write_nowait()
+            self._drop_tcp()
+        # Else the thread writing sends the close frame after the queued bytes,
+        # then drops TCP (see _flush_as_flusher).
+
+    def _write_nowait(self) -> None:
+        """Write the queue as far as the socket takes it at once; we hold the role.
+
+        Plain TCP: ``MSG_DONTWAIT``. TLS: only a small queue, and only when the
+        socket polls writable (a small record then goes out without blocking).
+        """
+        sock = self.socket
+        lock = self._out_lock
+        try:
+            while True:
+                with lock:
+                    if not self.out:
+                        return
+                    item = self.out[0]
+                    small = self.out_size <= _NOWAIT_TLS_BYTES
+                if not item:
+                    sock.shutdown(socket.SHUT_WR)
+                    n = 0
+                elif self._can_dontwait:
+                    n = sock.send(item, _DONTWAIT)
+                elif self._tls and small and _writable_now(sock):
+                    sock.sendall(item)
+                    n = len(item)
+                else:
+                    return
+                with lock:
+                    if n == len(item):
+                        self.out.popleft()
+                    else:
+                        self.out[0] = item[n:]
+                    self.out_size -= n
+        except OSError:
+            return  # would block, or the socket is gone: TCP is dropped next
+        finally:
+            with lock:
+                self.flushing = False
+                self._notify_writers()
+
+    def _drop_tcp(self) -> None:
+        """Shut the socket down (no lock, no wait): the background thread then ends it."""
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
+
     def _send_some(self, item: bytes, budget: Budget) -> int:
         """Write a prefix of ``item`` within ``budget``; return its length (> 0)."""
         sock = self.socket
         if budget.end is None or not self._can_dontwait:
-            # Blocking: the whole item. (TLS records cannot be cut: on TLS
-            # sockets a started write completes even past the budget.)
+            # Blocking: the whole item. (With a budget, only websockets' own
+            # writes and the helper get here on TLS: see _delegates.)
             sock.sendall(item)
             return len(item)
         while True:
@@ -804,6 +1002,15 @@ class StreamConnection(Connection):
         if ws.state is CLOSED:
             return BrokenPipeError("the WebSocket connection is closed")
         return BrokenPipeError(f"the WebSocket connection is {ws.state.name.lower()}")
+
+
+def _writable_now(sock: socket.socket) -> bool:
+    """Whether ``sock`` polls writable, without waiting."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    return bool(select.select([], [sock], [], 0)[1])  # pragma: no cover - Windows
 
 
 def _wait_writable(sock: socket.socket, timeout: float) -> None:

@@ -52,9 +52,9 @@ class WsSocket:
     ``0.0`` is non-blocking and raises :class:`BlockingIOError`, a number of
     seconds raises :class:`TimeoutError`). A read that times out consumes
     nothing; a write that times out has sent (or will send, in order) exactly
-    the bytes it accepted, and nothing after them. (On TLS connections a
-    frame that started to go out is finished even past the timeout: TLS
-    records cannot be cut.)
+    the bytes it accepted, and nothing after them - over ``wss://`` as over
+    ``ws://`` (on TLS a helper thread writes the records, which cannot be
+    cut, while the caller waits within its timeout).
 
     Thread-safety: one thread reading (``recv``, a ``makefile`` reader) and
     one thread writing (``send``, ``sendall``, a writer) at the same time is
@@ -328,12 +328,20 @@ class WsSocket:
             self._io_refs += 1
         return SocketFile(self, mode, buffering)
 
-    def _decref_socketios(self) -> None:
+    def _decref_socketios(self, *, finalizing: bool = False) -> None:
+        """A makefile() object was closed; the last one really closes a closed socket.
+
+        ``finalizing``: it was garbage-collected, and the close must not block
+        or start a thread (see :meth:`_close_nowait`).
+        """
         with self._lock:
             self._io_refs -= 1
             close = self._closed and self._io_refs <= 0
         if close:
-            self._real_close()
+            if finalizing:
+                self._close_nowait()
+            else:
+                self._real_close()
 
     # Ending
 
@@ -377,18 +385,25 @@ class WsSocket:
         Unread bytes are discarded. Waits at most ``close_timeout`` for the
         peer, then drops TCP. Idempotent; never raises for a connection that is
         already gone. While :meth:`makefile` objects are open, the connection
-        closes when the last one is closed (as with a TCP socket).
+        closes when the last one is closed (as with a TCP socket). If the last
+        one is garbage-collected instead (or left open at interpreter exit),
+        its finalizer neither blocks nor starts a thread: bytes already
+        accepted and the close frame go out if the socket takes them at once
+        (or a thread already writing finishes them), then TCP is dropped
+        without waiting for the peer's answer; whatever cannot go out at once
+        is dropped with TCP, and the peer then sees an abnormal closure (1006).
 
         Raises:
             ValueError: ``code`` is not a close code an endpoint may send
                 (1000-1003, 1007-1014, 3000-4999) or ``reason`` is too long.
         """
         check_close(code, reason)
+        args = (code, reason)  # allocated outside the lock: a finalizer may need it
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._close_args = (code, reason)
+            self._close_args = args
             close = self._io_refs <= 0
         if close:
             self._real_close()
@@ -419,11 +434,25 @@ class WsSocket:
             conn.abort(TimeoutError("timed out while closing the connection"))
             conn.recv_events_thread.join(1.0)
 
+    def _close_nowait(self) -> None:
+        """The close of a finalizer: close frame if it goes out at once, TCP dropped.
+
+        Never blocks and never starts a thread (see
+        :meth:`StreamConnection.abandon`): the closing handshake is not awaited.
+        """
+        with self._lock:
+            if self._real_closed:
+                return
+            self._real_closed = True
+        code, reason = self._close_args
+        self._conn.abandon(code, reason)
+
     def _force_close(self, code: int = 1000, reason: str = "") -> None:
         """close(), ignoring open makefile() objects (the server's handler returned)."""
+        args = (code, reason)
         with self._lock:
             self._closed = True
-            self._close_args = (code, reason)
+            self._close_args = args
         self._real_close()
 
     def __enter__(self) -> Self:
@@ -655,14 +684,30 @@ class SocketFile(io.BufferedIOBase):
                 self._sock._decref_socketios()
 
     def __del__(self) -> None:
-        if not self.closed:
+        """Release the socket without blocking or starting a thread.
+
+        A finalizer may run in any thread, at any allocation, or during
+        interpreter shutdown: unsent buffered bytes are dropped (with a
+        warning) and, if this was the socket's last file after its close(),
+        the connection is closed as :meth:`WsSocket._close_nowait` does.
+        """
+        if self.closed:
+            return
+        try:
             if self._wbuf:
-                logger.warning("a WsSocket file was garbage-collected with unsent bytes")
+                logger.warning(
+                    "a WsSocket file was garbage-collected with %d unsent bytes", len(self._wbuf)
+                )
                 self._wbuf.clear()
+            super().close()  # nothing to flush now
+        except Exception:
+            logger.debug("closing a garbage-collected WsSocket file failed", exc_info=True)
+        if not self._released:
+            self._released = True
             try:
-                self.close()
+                self._sock._decref_socketios(finalizing=True)
             except Exception:
-                logger.debug("closing a garbage-collected WsSocket file failed", exc_info=True)
+                logger.debug("releasing a garbage-collected WsSocket file failed", exc_info=True)
 
 
 class EventIterator:

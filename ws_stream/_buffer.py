@@ -1,10 +1,24 @@
 """The receive buffer every shell uses: a queue of received chunks. No I/O, no locks.
 
-Frames from websockets arrive as ``bytes``; the buffer keeps them as they are
-and hands a whole chunk to a read that asks for at least that much - no copy
+Frames from websockets arrive as ``bytes``; the buffer keeps a large one as it
+is and hands a whole chunk to a read that asks for at least that much - no copy
 on the bulk path (asyncio's reader copies every byte twice: into its
 bytearray, and out of it). Separator searches (``readline``) join the chunks
 into one bytearray head, once per byte.
+
+Memory: ``len()`` counts payload bytes, and the shells' flow control (``limit``)
+bounds it; the buffer keeps real memory within a small factor of it whatever
+the frame sizes. A queued ``bytes`` object costs about 45 bytes beyond its
+payload (object header, allocator rounding, deque slot): a peer sending 1-byte
+frames would make every buffered byte cost 45. So chunks shorter than
+:data:`COALESCE_BELOW` are copied into a ``bytearray`` at the tail of the
+queue - one copy per small-frame byte, none for large frames - and a queued
+chunk's overhead is at most ~5 % of its payload. A partly read ``bytearray``
+head drops what was read rather than keeping a read offset (``del`` at a
+bytearray's front is amortized O(1), and CPython reallocates a bytearray to
+its size once less than half of its allocation is in use), so it holds at
+most about twice what is still buffered, even while small frames keep
+joining it.
 """
 
 from __future__ import annotations
@@ -18,26 +32,53 @@ __all__ = ["ChunkBuffer"]
 #: a larger first chunk goes out alone (read(n) may return fewer than n bytes).
 GATHER_BELOW = 16384
 
+#: append() copies chunks shorter than this into a bytearray tail instead of
+#: queueing them as objects (see the module docstring): per-chunk overhead is
+#: then at most ~48 / COALESCE_BELOW of the payload. Copying under 1 KiB costs
+#: less than websockets' parsing of the frame that carried it.
+COALESCE_BELOW = 1024
+
 
 class ChunkBuffer:
-    """Received bytes as a deque of chunks; ``len()`` is the number of bytes."""
+    """Received bytes as a deque of chunks; ``len()`` is the number of bytes.
+
+    Chunks are immutable ``bytes`` (read from ``_pos`` when first) or
+    bytearrays the buffer made and owns: runs of small chunks, or the head a
+    search joined. A bytearray first chunk is always read from 0 (what was
+    read is deleted), so appending to it cannot grow it without bound.
+    """
 
     __slots__ = ("_chunks", "_pos", "_size")
 
     def __init__(self) -> None:
-        # chunks[0] may be a bytearray head (after a search), read from _pos.
         self._chunks: deque[Any] = deque()
-        self._pos = 0
+        self._pos = 0  # read offset into chunks[0]; 0 when it is a bytearray
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def append(self, chunk: bytes) -> int:
-        """Queue ``chunk`` (kept as is: pass immutable bytes); return the bytes buffered."""
-        if chunk:
-            self._chunks.append(chunk)
-            self._size += len(chunk)
+        """Queue ``chunk``; return the bytes buffered.
+
+        A ``bytes`` chunk of at least :data:`COALESCE_BELOW` bytes is kept as
+        is (no copy); a shorter one is copied into the bytearray at the tail.
+        A chunk that is not ``bytes`` is always copied: the buffer mutates
+        only bytearrays it made.
+        """
+        n = len(chunk)
+        chunks = self._chunks
+        if n >= COALESCE_BELOW:
+            chunks.append(chunk if type(chunk) is bytes else bytes(chunk))
+        elif not n:
+            return self._size
+        else:
+            tail = chunks[-1] if chunks else None
+            if type(tail) is bytearray:
+                tail += chunk  # ours (see the class docstring): extended in place
+            else:
+                chunks.append(bytearray(chunk))
+        self._size += n
         return self._size
 
     def unread(self, parts: list[bytes]) -> None:
@@ -53,7 +94,7 @@ class ChunkBuffer:
             self._pos = 0
         for part in reversed(parts):
             if part:
-                chunks.appendleft(part)
+                chunks.appendleft(part if type(part) is bytes else bytes(part))
                 self._size += len(part)
 
     def take_into(self, view: memoryview) -> int:
@@ -65,11 +106,13 @@ class ChunkBuffer:
             first = chunks[0]
             pos = self._pos
             k = min(len(first) - pos, n - done)
-            view[done : done + k] = first[pos : pos + k]
+            view[done : done + k] = memoryview(first)[pos : pos + k]
             done += k
             if pos + k == len(first):
                 chunks.popleft()
                 self._pos = 0
+            elif type(first) is bytearray:
+                del first[:k]  # pos is 0
             else:
                 self._pos = pos + k
         self._size -= done
@@ -124,9 +167,13 @@ class ChunkBuffer:
         pos = self._pos
         avail = len(first) - pos
         if avail > n:
-            self._pos = pos + n
+            out = bytes(memoryview(first)[pos : pos + n])
+            if type(first) is bytearray:
+                del first[:n]  # pos is 0
+            else:
+                self._pos = pos + n
             self._size -= n
-            return bytes(memoryview(first)[pos : pos + n])
+            return out
         chunks.popleft()
         self._pos = 0
         if pos == 0 and type(first) is bytes:
@@ -148,7 +195,10 @@ class ChunkBuffer:
             elif exact or size < GATHER_BELOW:
                 k = n - total
                 parts.append(bytes(memoryview(chunk)[:k]))
-                self._pos = k
+                if type(chunk) is bytearray:
+                    del chunk[:k]
+                else:
+                    self._pos = k
                 total = n
             else:
                 break
@@ -165,13 +215,10 @@ class ChunkBuffer:
             return -1, 0
         if len(chunks) > 1:
             first = chunks[0]
-            if type(first) is bytearray:
-                if self._pos:
-                    del first[: self._pos]  # amortized O(1) at a bytearray's front
-            else:
+            if type(first) is not bytearray:
                 first = bytearray(memoryview(first)[self._pos :])
                 chunks[0] = first
-            self._pos = 0
+                self._pos = 0
             while len(chunks) > 1:
                 first += chunks[1]
                 del chunks[1]

@@ -11,12 +11,20 @@ from .exceptions import (
     TextFrameError,
     WsStreamError,
 )
-from .reconnect import Backoff, ConnectionState, IdleTimeoutError, ReconnectPolicy, Status
+from .reconnect import (
+    Backoff,
+    CloseError,
+    ConnectionState,
+    IdleTimeoutError,
+    ReconnectPolicy,
+    Status,
+)
 from .stats import StreamStats
 
 __all__ = [
     "AbnormalClosureError",
     "Backoff",
+    "CloseError",
     "ConnectionState",
     "EventStream",
     "HandshakeError",

@@ -2,9 +2,10 @@
 
 A reconnecting client never splices two connections into one stream: it hands
 out a fresh stream per connection. :class:`ReconnectMachine` decides how long
-to wait, when to give up and what to report; the asyncio and trio loops
+to wait, when to give up, what counts as idle, what counts as an error and
+when the status changes; the asyncio and trio loops
 (:func:`ws_stream.reconnecting`, :func:`ws_stream.trio.reconnecting`) only
-connect, sleep and yield.
+connect, sleep, yield and report what happened.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from websockets.frames import Close
+
 from ._policy import EventHub
-from .exceptions import HandshakeError
+from .exceptions import HandshakeError, WsStreamError
 from .stats import StreamStats
 
 __all__ = [
     "Backoff",
+    "CloseError",
     "ConnectionState",
     "IdleTimeoutError",
     "ReconnectMachine",
@@ -94,11 +99,14 @@ OnConnect = Callable[..., Awaitable[Any]]
 class ReconnectPolicy:
     """How a reconnecting client waits, when it gives up, and what it runs on connect.
 
-    ``idle_timeout``: no inbound frame of any kind for that long drops the
-    connection with 1001 and counts as an error (keepalive pings are sent at
-    half that interval, so a healthy idle link stays up). ``max_attempts``:
-    that many consecutive failed attempts raise the last error (None: never
-    give up). ``on_connect``: an async callable run after every (re)connect,
+    ``idle_timeout``: no inbound frame of any kind for that long, while the
+    stream was reading, drops the connection with 1001; the reader gets
+    :exc:`IdleTimeoutError` after the bytes received before, and it counts as
+    an error (keepalive pings are sent at half that interval, so a healthy
+    idle link stays up). Time during which the application does not read (the
+    stream's buffer is full and TCP reading is paused) is not silence.
+    ``max_attempts``: that many consecutive failed attempts raise the last
+    error (None: never give up). ``on_connect``: an async callable run after every (re)connect,
     before the stream is handed out. ``stable_after``: a connection that
     stayed up that long resets the backoff.
     """
@@ -159,7 +167,61 @@ class ConnectionState:
 
 
 class IdleTimeoutError(TimeoutError):
-    """No frame of any kind arrived within ``idle_timeout``: dropped with 1001."""
+    """No frame of any kind arrived within ``idle_timeout``: dropped with 1001.
+
+    The reader raises it after the bytes received before the timeout (trio:
+    the ``__cause__`` of :exc:`trio.BrokenResourceError`); it is never a clean
+    EOF, since the peer did not end the stream.
+    """
+
+
+class CloseError(WsStreamError):
+    """The peer closed the connection with a code other than 1000, 1001 or 1005.
+
+    Recorded as ``last_error`` of a reconnecting client (and counted in
+    ``error_count``); the reader itself saw EOF after every byte, since a
+    close frame ends the byte stream. :attr:`code` and :attr:`reason` are
+    those of the peer's close frame.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        detail = f" ({reason!r})" if reason else ""
+        super().__init__(
+            f"the peer closed the connection with code {code}{detail}: an error, not a "
+            "normal end (1000/1001); see the peer's logs for why"
+        )
+        self.code = code
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[CloseError], tuple[int, str]]:
+        return (type(self), (self.code, self.reason))
+
+
+# A normal end, as websockets' OK_CLOSE_CODES: 1005 is an empty close frame.
+NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})
+
+
+def close_error(
+    rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None
+) -> CloseError | None:
+    """The error a closing handshake reports, if any.
+
+    ``rcvd``/``sent`` are the close frames received and sent (websockets'
+    ``close_rcvd``, ``close_sent``), ``rcvd_then_sent`` who closed first
+    (``close_rcvd_then_sent``). A code other than 1000/1001/1005 is an error
+    when the peer chose it: its close started the handshake, or it answered
+    ours with a different code. A code *we* sent first was chosen by this
+    side (the application's ``close(code)``) and is not an error: when
+    websockets or the stream fail a connection, the stream reports that
+    failure itself (``stream.error``), which takes precedence.
+    """
+    if rcvd is None:
+        return None
+    if sent is not None and rcvd_then_sent is False and rcvd.code == sent.code:
+        return None  # we closed first; the peer echoed the code we chose
+    if rcvd.code in NORMAL_CLOSE_CODES:
+        return None
+    return CloseError(rcvd.code, rcvd.reason)
 
 
 def keepalive_options(policy: ReconnectPolicy, options: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +261,18 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 class ReconnectMachine:
-    """The decisions of a reconnect loop; the runtime loop calls these in order::
+    """The decisions of a reconnect loop; the runtime loop reports what happens::
 
-    attempt() -> (connect) -> connected(now) | failed(exc, now) -> delay
-    ... disconnected(error, now) -> delay ... close()
+        attempt() -> (connect) -> failed(exc) -> delay
+                               -> connected(now, stats)
+                                  ... idle_check(now, reading_paused=...) -> next check | error
+                                  ... disconnected(error, now, close frames) -> delay
+        ... close()
+
+    Statuses: ``CONNECTING`` during an attempt, ``CONNECTED`` while the
+    current stream is live, ``BACKING_OFF`` from the moment that stream ended
+    (EOF or an error delivered to the reader, the connection closed) or an
+    attempt failed, until the next attempt; ``CLOSED`` at the end.
     """
 
     def __init__(self, policy: ReconnectPolicy, uri: str = "") -> None:
@@ -224,6 +294,9 @@ class ReconnectMachine:
         self.ever_connected = False
         self.totals = StreamStats()  # of finished connections
         self.current: StreamStats | None = None
+        # The last time the current stream was seen not reading (its buffer
+        # full): the idle clock does not run while the application is slow.
+        self._busy_at: float | None = None
 
     def _publish(self) -> None:
         self.hub.publish(self.snapshot())
@@ -234,6 +307,7 @@ class ReconnectMachine:
         return self.status
 
     def connected(self, now: float, stats: StreamStats) -> Status:
+        """A connection is up: its stream (with ``stats``) is handed out."""
         self.connection_id = next(self._ids)
         if self.ever_connected:
             self.reconnect_count += 1
@@ -241,6 +315,7 @@ class ReconnectMachine:
         self.consecutive_failures = 0
         self.connected_since = now
         self.current = stats
+        self._busy_at = None
         self.status = Status.CONNECTED
         self._publish()
         return self.status
@@ -268,12 +343,35 @@ class ReconnectMachine:
         return delay
 
     def disconnected(
-        self, error: BaseException | None, now: float, *, final: bool = False
-    ) -> float:
-        """The connection ended (``error`` if it failed): the delay before reconnecting.
+        self,
+        error: BaseException | None,
+        now: float,
+        *,
+        close_rcvd: Close | None = None,
+        close_sent: Close | None = None,
+        rcvd_then_sent: bool | None = None,
+        final: bool = False,
+    ) -> float | None:
+        """The current connection's stream ended: the delay before reconnecting.
 
-        ``final``: the loop is being closed; nothing is logged or published.
+        Report it as soon as the stream ends (its reader got EOF or an error,
+        or the connection closed), not when the application is done with it:
+        the status leaves ``CONNECTED`` at once and the backoff delay counts
+        from now. ``error``: what ended the stream abnormally (the stream's
+        error, an :exc:`IdleTimeoutError`), else None; with none, a close
+        code chosen by the peer other than 1000/1001/1005 is the error (see
+        :func:`close_error`, fed websockets' ``close_rcvd``, ``close_sent``,
+        ``close_rcvd_then_sent``). An error is counted and kept as
+        ``last_error``.
+
+        Returns None when this connection's end was reported already (later
+        reports change nothing). ``final``: the loop is being closed; nothing
+        is logged or published.
         """
+        if self.current is None:
+            return None
+        if error is None:
+            error = close_error(close_rcvd, close_sent, rcvd_then_sent)
         if error is not None:
             self.error_count += 1
             self.last_error = error
@@ -282,11 +380,10 @@ class ReconnectMachine:
         )
         if stayed:
             self.backoff.reset()
-        if self.current is not None:
-            for name in ("bytes_sent", "bytes_received", "frames_sent", "frames_received"):
-                setattr(self.totals, name, getattr(self.totals, name) + getattr(self.current, name))
-            self.totals.last_latency = self.current.last_latency or self.totals.last_latency
-            self.current = None
+        for name in ("bytes_sent", "bytes_received", "frames_sent", "frames_received"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(self.current, name))
+        self.totals.last_latency = self.current.last_latency or self.totals.last_latency
+        self.current = None
         self.connected_since = None
         delay = self.backoff.next_delay()
         if not final:
@@ -304,6 +401,34 @@ class ReconnectMachine:
         self.status = Status.CLOSED
         self._publish()
         return self.status
+
+    def idle_check(self, now: float, *, reading_paused: bool) -> float | IdleTimeoutError:
+        """The idle watchdog's look at the current stream: when to look again, or the error.
+
+        ``reading_paused``: the stream is not reading the connection because
+        the application has not read what it buffered (the buffer is over its
+        ``limit``). Then no frame *can* arrive, and that is not the peer's
+        silence: the idle clock restarts once reading resumes. While paused,
+        look again every quarter of ``idle_timeout``.
+
+        Returns the time of the next look (``math.inf``: nothing to watch -
+        no idle timeout, or no live stream), or the :exc:`IdleTimeoutError`
+        that ends the stream now (logged): no frame arrived for
+        ``idle_timeout`` while the stream was reading. The loop then reports
+        it with :meth:`disconnected`, makes the reader raise it after the
+        bytes it buffered, and closes with 1001.
+        """
+        idle = self.policy.idle_timeout
+        if idle is None or self.current is None:
+            return math.inf
+        if reading_paused:
+            self._busy_at = now
+            return now + idle / 4
+        deadline = self.idle_deadline()
+        assert deadline is not None
+        if now < deadline:
+            return deadline
+        return self.idle_error()
 
     def idle_error(self) -> IdleTimeoutError:
         """The error of a connection dropped for idleness (logged)."""
@@ -331,20 +456,26 @@ class ReconnectMachine:
             last_latency=current.last_latency or totals.last_latency,
         )
 
-    def is_healthy(self, now: float) -> bool:
-        """Connected, and (with an idle timeout) a frame arrived recently."""
+    def is_healthy(self, now: float, *, reading_paused: bool = False) -> bool:
+        """Connected, and (with an idle timeout) a frame arrived recently or the
+        application is the one not reading (``reading_paused``)."""
         if self.status is not Status.CONNECTED or self.current is None:
             return False
-        idle = self.policy.idle_timeout
-        if idle is None:
-            return True
-        last = self.current.last_frame_at or self.connected_since
-        return last is not None and now - last < idle
+        deadline = self.idle_deadline()
+        return deadline is None or reading_paused or now < deadline
 
     def idle_deadline(self) -> float | None:
-        """When the current connection times out if no frame arrives (None: no timeout)."""
+        """When the current connection times out if no frame arrives (None: no timeout).
+
+        The idle clock starts at the latest of: the connection, the last frame
+        received, the last time the stream was seen not reading.
+        """
         idle = self.policy.idle_timeout
         if idle is None or self.current is None:
             return None
         last = self.current.last_frame_at or self.connected_since
-        return None if last is None else last + idle
+        if last is None:
+            return None
+        if self._busy_at is not None:
+            last = max(last, self._busy_at)
+        return last + idle

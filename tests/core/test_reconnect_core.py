@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import ssl
 
 import pytest
+from websockets.frames import Close
 
-from ws_stream import Backoff, HandshakeError, ReconnectPolicy, Status, StreamStats
-from ws_stream.reconnect import ReconnectMachine, is_fatal
+from ws_stream import (
+    AbnormalClosureError,
+    Backoff,
+    HandshakeError,
+    IdleTimeoutError,
+    ReconnectPolicy,
+    Status,
+    StreamStats,
+)
+from ws_stream.reconnect import CloseError, ReconnectMachine, close_error, is_fatal
 
 
 def test_backoff_is_exponential_jittered_capped_and_seeded() -> None:
@@ -123,3 +133,117 @@ def test_machine_idle_deadline_and_health() -> None:
     assert m.is_healthy(104.0) and not m.is_healthy(106.0)
     stats.last_frame_at = 103.0
     assert m.idle_deadline() == 108.0
+
+
+def test_idle_means_no_frame_while_reading() -> None:
+    m = ReconnectMachine(ReconnectPolicy(idle_timeout=4.0))
+    stats = StreamStats()
+    m.connected(100.0, stats)
+    assert m.idle_check(101.0, reading_paused=False) == 104.0
+    stats.last_frame_at = 102.0
+    assert m.idle_check(104.0, reading_paused=False) == 106.0
+    # The consumer stopped reading: the buffer is full, TCP reading paused. No
+    # frame can arrive; that is not the peer's silence. Look again soon.
+    assert m.idle_check(106.0, reading_paused=True) == 107.0
+    assert m.is_healthy(109.0, reading_paused=True)
+    assert m.idle_check(109.0, reading_paused=True) == 110.0
+    # Reading resumed (last seen paused at 109): the clock runs from there.
+    assert m.idle_check(110.0, reading_paused=False) == 113.0
+    assert m.is_healthy(112.9) and not m.is_healthy(113.0)
+    verdict = m.idle_check(113.0, reading_paused=False)
+    assert isinstance(verdict, IdleTimeoutError)
+    assert "1001" in str(verdict)
+    assert m.status is Status.CONNECTED  # the loop reports the end with disconnected()
+    assert m.disconnected(verdict, 113.0) is not None
+    assert m.status is Status.BACKING_OFF
+    assert (m.error_count, m.last_error) == (1, verdict)
+    assert m.idle_check(114.0, reading_paused=False) == math.inf  # nothing left to watch
+
+
+def test_without_idle_timeout_nothing_is_watched() -> None:
+    m = ReconnectMachine(ReconnectPolicy())
+    m.connected(0.0, StreamStats())
+    assert m.idle_check(1e6, reading_paused=False) == math.inf
+    assert m.is_healthy(1e6)
+
+
+def test_the_status_leaves_connected_when_the_stream_ends_and_only_once() -> None:
+    m = ReconnectMachine(ReconnectPolicy(Backoff(1.0, 2.0, jitter=0)))
+    states = []
+    sub = m.hub.subscribe(lambda: None)
+    m.attempt()
+    m.connected(0.0, StreamStats(bytes_received=5))
+    assert m.disconnected(None, 1.0, close_rcvd=Close(1000, ""), close_sent=Close(1000, "")) == 1.0
+    assert m.status is Status.BACKING_OFF and m.connected_since is None
+    # Later reports of the same end (the TCP teardown, the loop closing the
+    # stream) change nothing: no second count, no second delay.
+    assert m.disconnected(AbnormalClosureError("late"), 2.0) is None
+    assert (m.error_count, m.last_error) == (0, None)
+    assert m.snapshot().bytes_received == 5
+    while (state := sub.pop()) is not None:
+        states.append(state.status)
+    assert states == [Status.CONNECTING, Status.CONNECTED, Status.BACKING_OFF]
+
+
+def test_a_final_end_is_not_published() -> None:
+    m = ReconnectMachine(ReconnectPolicy(Backoff(jitter=0)))
+    m.connected(0.0, StreamStats())
+    sub = m.hub.subscribe(lambda: None)
+    assert m.disconnected(None, 1.0, final=True) == 1.0
+    assert sub.pop() is None
+    m.close()
+    popped = sub.pop()
+    assert popped is not None and popped.status is Status.CLOSED
+
+
+def c(code: int, reason: str = "") -> Close:
+    return Close(code, reason)
+
+
+@pytest.mark.parametrize(
+    ("rcvd", "sent", "rcvd_then_sent", "error_code"),
+    [
+        (c(1000), c(1000), True, None),  # the peer's normal close, echoed
+        (c(1001), c(1001), True, None),  # going away
+        (c(1005), c(1005), True, None),  # an empty close frame
+        (c(1011, "boom"), c(1011, "boom"), True, 1011),  # the peer's error
+        (c(4000), c(4000), True, 4000),  # an application code the peer chose
+        (c(1011), None, None, 1011),  # the peer's close, TCP gone before our answer
+        (c(4000), c(4000), False, None),  # our chosen code, echoed
+        (c(1000), c(1000), False, None),  # our normal close
+        (c(1011), c(1000), False, 1011),  # our 1000, answered with an error code
+        (None, c(4000), None, None),  # no answer: the stream's own error says so
+        (None, None, None, None),
+    ],
+)
+def test_close_codes_that_are_errors(
+    rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None, error_code: int | None
+) -> None:
+    error = close_error(rcvd, sent, rcvd_then_sent)
+    if error_code is None:
+        assert error is None
+    else:
+        assert isinstance(error, CloseError)
+        assert rcvd is not None and (error.code, error.reason) == (error_code, rcvd.reason)
+        assert str(error_code) in str(error)
+
+
+def test_a_close_with_an_error_code_counts_as_an_error() -> None:
+    m = ReconnectMachine(ReconnectPolicy(Backoff(jitter=0)))
+    for n in (1, 2):
+        m.connected(float(n), StreamStats())
+        m.disconnected(
+            None,
+            n + 0.5,
+            close_rcvd=c(1011, "boom"),
+            close_sent=c(1011, "boom"),
+            rcvd_then_sent=True,
+        )
+        assert m.error_count == n
+    assert isinstance(m.last_error, CloseError) and m.last_error.code == 1011
+    # The stream's own error (a text frame, a lost connection, an idle
+    # timeout) takes precedence over the close code.
+    m.connected(3.0, StreamStats())
+    lost = AbnormalClosureError("lost")
+    m.disconnected(lost, 3.5, close_rcvd=c(1011), close_sent=None, rcvd_then_sent=None)
+    assert m.last_error is lost and m.error_count == 3

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from types import TracebackType
 from typing import Any, Self
 
+from websockets.protocol import CLOSED
+
+from .._policy import Subscription
+from ..events import Event
 from ..reconnect import (
     ConnectionState,
     IdleTimeoutError,
@@ -29,12 +34,19 @@ class Reconnecting:
     Each iteration yields the pair of a *new* connection: bytes of one
     connection never appear in the next. When the body's iteration ends (the
     connection ended, or the body ``continue``\\ s), the old connection is
-    closed and the next one is opened after the backoff delay.
+    closed and the next one is opened once the backoff delay, counted from
+    the end of the old stream, has passed.
 
     Fatal failures on the first attempt (invalid URI, HTTP 401/403/404, TLS
     certificate rejected) raise at once; transient ones are retried;
     ``max_attempts`` consecutive failures raise the last error. Close with
     :meth:`aclose` (or ``async with``).
+
+    :attr:`state` leaves ``connected`` as soon as the stream ends (the reader
+    got EOF or an error, or the connection closed). With an ``idle_timeout``,
+    a connection on which no frame arrived for that long *while the stream
+    was reading* is closed with 1001 and the reader raises
+    :exc:`~ws_stream.IdleTimeoutError` after the bytes it already buffered.
     """
 
     def __init__(self, uri: str, *, policy: ReconnectPolicy | None = None, **options: Any) -> None:
@@ -43,10 +55,11 @@ class Reconnecting:
         self._options = keepalive_options(self.policy, options)
         self._machine = ReconnectMachine(self.policy, uri)
         self._stream: WsStream | None = None
+        self._watch: Subscription[Event] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._idle_error: IdleTimeoutError | None = None
         self._closed = False
-        self._delay = 0.0
+        self._retry_at = -math.inf
 
     # State
 
@@ -57,12 +70,14 @@ class Reconnecting:
 
     @property
     def stream(self) -> WsStream | None:
-        """The current connection's :class:`WsStream`, if connected."""
+        """The :class:`WsStream` of the pair last handed out, until the next iteration."""
         return self._stream
 
     def is_healthy(self) -> bool:
         """Connected, and (with an idle timeout) a frame arrived recently."""
-        return self._machine.is_healthy(asyncio.get_running_loop().time())
+        stream = self._stream
+        paused = stream is not None and _reading_paused(stream)
+        return self._machine.is_healthy(asyncio.get_running_loop().time(), reading_paused=paused)
 
     def states(self) -> EventStream[ConnectionState]:
         """Status changes from now on, as snapshots; bounded, ends after ``closed``."""
@@ -76,11 +91,10 @@ class Reconnecting:
     async def __anext__(self) -> Pair:
         loop = asyncio.get_running_loop()
         if self._stream is not None:
-            error = await self._finish_current()
-            self._delay = self._machine.disconnected(error, loop.time())
+            await self._finish_current()
         while True:
-            if self._delay and not self._closed:
-                await asyncio.sleep(self._delay)
+            if not self._closed and self._retry_at > loop.time():
+                await asyncio.sleep(self._retry_at - loop.time())
             if self._closed:
                 raise StopAsyncIteration
             self._machine.attempt()
@@ -93,7 +107,7 @@ class Reconnecting:
                 if stream is not None:
                     await stream.close(1011, "on_connect failed")
                 try:
-                    self._delay = self._machine.failed(exc)
+                    self._retry_at = loop.time() + self._machine.failed(exc)
                 except BaseException:
                     self._closed = True
                     raise
@@ -101,32 +115,79 @@ class Reconnecting:
             self._stream = stream
             self._idle_error = None
             self._machine.connected(loop.time(), stream.stats)
+            self._watch_end(stream)
             if self.policy.idle_timeout is not None:
                 self._watchdog = loop.create_task(self._watch_idle(stream))
             return stream.reader, stream.writer
 
+    def _watch_end(self, stream: WsStream) -> None:
+        """Report the stream's end as it happens, before its reader wakes up.
+
+        The stream publishes an event (CloseReceived, Error, Closed) in the
+        same call that hands the reader its EOF or error; our subscription is
+        woken synchronously, so the state has left CONNECTED by the time the
+        reader sees the end.
+        """
+
+        def wake() -> None:
+            if self._watch is not None:
+                self._watch.queue.clear()  # only the moment matters
+            if stream is self._stream and _ended(stream):
+                self._ended(stream)
+
+        self._watch = stream._hub.subscribe(wake)
+        wake()  # it may have ended already (during on_connect)
+
+    def _ended(self, stream: WsStream) -> None:
+        loop = stream.websocket.loop
+        ws = stream.websocket.protocol
+        delay = self._machine.disconnected(
+            self._idle_error or stream.error,
+            loop.time(),
+            close_rcvd=ws.close_rcvd,
+            close_sent=ws.close_sent,
+            rcvd_then_sent=ws.close_rcvd_then_sent,
+            final=self._closed,
+        )
+        if delay is not None:
+            self._retry_at = loop.time() + delay
+
     async def _watch_idle(self, stream: WsStream) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            deadline = self._machine.idle_deadline()
-            if deadline is None:
-                return
-            if loop.time() >= deadline:
+            verdict = self._machine.idle_check(loop.time(), reading_paused=_reading_paused(stream))
+            if isinstance(verdict, IdleTimeoutError):
                 break
-            await asyncio.sleep(deadline - loop.time())
-        self._idle_error = self._machine.idle_error()
+            if verdict == math.inf:
+                return
+            await asyncio.sleep(max(0.0, verdict - loop.time()))
+        error = self._idle_error = verdict
+        self._ended(stream)
+        # The reader gets the error after the bytes it buffered, never a clean
+        # EOF: the peer did not end the stream, we gave up on it.
+        stream.reader.set_exception(error)
         await stream.close(1001, "idle timeout")
+        if stream.reader.exception() is not error:
+            # The TCP teardown (a peer that never answers our close) must not
+            # replace the reason the stream ended.
+            stream.reader.set_exception(error)
 
-    async def _finish_current(self) -> BaseException | None:
-        stream, self._stream = self._stream, None
+    async def _finish_current(self) -> None:
+        stream = self._stream
         assert stream is not None
         if self._watchdog is not None:
-            self._watchdog.cancel()
+            if self._idle_error is None:
+                self._watchdog.cancel()
+            # else: it is closing with 1001 (bounded by close_timeout); let it finish.
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
         await stream.close()
-        return self._idle_error or stream.error
+        self._ended(stream)  # unless reported already
+        if self._watch is not None:
+            stream._hub.unsubscribe(self._watch)
+            self._watch = None
+        self._stream = None
 
     # Closing
 
@@ -136,8 +197,7 @@ class Reconnecting:
             return
         self._closed = True
         if self._stream is not None:
-            error = await self._finish_current()
-            self._machine.disconnected(error, asyncio.get_running_loop().time(), final=True)
+            await self._finish_current()
         self._machine.close()
 
     async def __aenter__(self) -> Self:
@@ -150,6 +210,17 @@ class Reconnecting:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _ended(stream: WsStream) -> bool:
+    """The stream is over for its reader: the peer's close frame, a failure, or TCP gone."""
+    ws = stream.websocket.protocol
+    return ws.close_rcvd is not None or stream.error is not None or ws.state is CLOSED
+
+
+def _reading_paused(stream: WsStream) -> bool:
+    """The stream is not reading TCP: its reader's buffer is over ``limit`` (or it is closing)."""
+    return not stream.transport.is_reading()
 
 
 def reconnecting(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import trio
+from websockets.protocol import CLOSED
 
+from .._policy import Subscription
+from ..events import Event
 from ..reconnect import (
     ConnectionState,
     IdleTimeoutError,
@@ -26,9 +30,13 @@ class Reconnecting:
     """``async for stream in conn:`` - a new :class:`WsStream` per connection.
 
     Same behaviour as the asyncio :class:`ws_stream.Reconnecting`: the old
-    stream is closed when the body's iteration ends, the next one opens after
-    the backoff delay, fatal first failures raise at once, ``max_attempts``
-    consecutive failures raise the last error. Made by :func:`reconnecting`.
+    stream is closed when the body's iteration ends, the next one opens once
+    the backoff delay (counted from the end of the old stream) has passed,
+    fatal first failures raise at once, ``max_attempts`` consecutive failures
+    raise the last error; :attr:`state` leaves ``connected`` as soon as the
+    stream ends; an idle timeout makes ``receive_some()`` raise
+    :exc:`trio.BrokenResourceError` caused by :exc:`~ws_stream.IdleTimeoutError`
+    after the bytes already received. Made by :func:`reconnecting`.
     """
 
     def __init__(
@@ -44,10 +52,12 @@ class Reconnecting:
         self._nursery = nursery
         self._machine = ReconnectMachine(self.policy, uri)
         self._stream: WsStream | None = None
+        self._watch: Subscription[Event] | None = None
         self._watchdog: trio.CancelScope | None = None
         self._idle_error: IdleTimeoutError | None = None
+        self._idle_closed: trio.Event | None = None  # set once the idle close frame is out
         self._closed = False
-        self._delay = 0.0
+        self._retry_at = -math.inf
 
     @property
     def state(self) -> ConnectionState:
@@ -58,7 +68,9 @@ class Reconnecting:
         return self._stream
 
     def is_healthy(self) -> bool:
-        return self._machine.is_healthy(trio.current_time())
+        stream = self._stream
+        paused = stream is not None and stream.reading_paused
+        return self._machine.is_healthy(trio.current_time(), reading_paused=paused)
 
     def states(self) -> EventStream[ConnectionState]:
         """Status changes from now on, as snapshots; bounded, ends after ``closed``."""
@@ -69,11 +81,10 @@ class Reconnecting:
 
     async def __anext__(self) -> WsStream:
         if self._stream is not None:
-            error = await self._finish_current()
-            self._delay = self._machine.disconnected(error, trio.current_time())
+            await self._finish_current()
         while True:
-            if self._delay and not self._closed:
-                await trio.sleep(self._delay)
+            if not self._closed:
+                await trio.sleep_until(self._retry_at)
             if self._closed:
                 raise StopAsyncIteration
             self._machine.attempt()
@@ -86,7 +97,7 @@ class Reconnecting:
                 if stream is not None:
                     await stream.aclose(1011, "on_connect failed")
                 try:
-                    self._delay = self._machine.failed(exc)
+                    self._retry_at = trio.current_time() + self._machine.failed(exc)
                 except BaseException:
                     self._closed = True
                     raise
@@ -94,37 +105,88 @@ class Reconnecting:
             self._stream = stream
             self._idle_error = None
             self._machine.connected(trio.current_time(), stream.stats)
+            self._watch_end(stream)
             if self.policy.idle_timeout is not None:
                 self._watchdog = trio.CancelScope()
                 self._nursery.start_soon(self._watch_idle, stream, self._watchdog)
             return stream
 
+    def _watch_end(self, stream: WsStream) -> None:
+        """Report the stream's end as it happens, before its reader wakes up.
+
+        The stream publishes an event (CloseReceived, Error, Closed) in the
+        same call that hands the reader its EOF or error; our subscription is
+        woken synchronously, so the state has left CONNECTED by the time the
+        reader sees the end.
+        """
+
+        def wake() -> None:
+            if self._watch is not None:
+                self._watch.queue.clear()  # only the moment matters
+            if stream is self._stream and _ended(stream):
+                self._ended(stream)
+
+        self._watch = stream._hub.subscribe(wake)
+        wake()  # it may have ended already (during on_connect)
+
+    def _ended(self, stream: WsStream) -> None:
+        ws = stream.websocket
+        now = trio.current_time()
+        delay = self._machine.disconnected(
+            self._idle_error or stream.error,
+            now,
+            close_rcvd=ws.close_rcvd,
+            close_sent=ws.close_sent,
+            rcvd_then_sent=ws.close_rcvd_then_sent,
+            final=self._closed,
+        )
+        if delay is not None:
+            self._retry_at = now + delay
+
     async def _watch_idle(self, stream: WsStream, scope: trio.CancelScope) -> None:
-        with scope:
+        verdict: float | IdleTimeoutError = math.inf
+        with scope:  # cancelled when the body's iteration ends first
             while True:
-                deadline = self._machine.idle_deadline()
-                if deadline is None:
-                    return
-                if trio.current_time() >= deadline:
+                verdict = self._machine.idle_check(
+                    trio.current_time(), reading_paused=stream.reading_paused
+                )
+                if isinstance(verdict, IdleTimeoutError) or verdict == math.inf:
                     break
-                await trio.sleep_until(deadline)
-            self._idle_error = self._machine.idle_error()
-            # The reader then sees b"" once the peer answers, or a broken
-            # stream when it does not within close_timeout.
+                await trio.sleep_until(verdict)
+        if not isinstance(verdict, IdleTimeoutError):
+            return  # no timeout, the stream ended, or the iteration ended first
+        # Decided: from here on, not cancelled by the end of the body's
+        # iteration, which waits for this close (and then sends no 1000).
+        self._idle_error = verdict
+        self._idle_closed = closed = trio.Event()
+        self._ended(stream)
+        # The reader gets the error after the bytes it buffered, never a clean
+        # EOF: the peer did not end the stream, we gave up on it.
+        stream._end_reader(verdict)
+        try:
             with (
-                trio.move_on_after(stream_close_timeout(stream)),
+                trio.move_on_after(stream.close_timeout),
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
             ):
                 await stream.send_close(1001, "idle timeout")
+        finally:
+            closed.set()
 
-    async def _finish_current(self) -> BaseException | None:
-        stream, self._stream = self._stream, None
+    async def _finish_current(self) -> None:
+        stream = self._stream
         assert stream is not None
         if self._watchdog is not None:
-            self._watchdog.cancel()
+            self._watchdog.cancel()  # unless it decided the link is idle:
             self._watchdog = None
+        if self._idle_closed is not None:
+            await self._idle_closed.wait()  # its 1001 first (bounded by close_timeout)
+            self._idle_closed = None
         await stream.aclose()
-        return self._idle_error or stream.error
+        self._ended(stream)  # unless reported already
+        if self._watch is not None:
+            stream._hub.unsubscribe(self._watch)
+            self._watch = None
+        self._stream = None
 
     async def aclose(self) -> None:
         """Close the current stream (1000) and end the iteration."""
@@ -132,13 +194,14 @@ class Reconnecting:
             return
         self._closed = True
         if self._stream is not None:
-            error = await self._finish_current()
-            self._machine.disconnected(error, trio.current_time(), final=True)
+            await self._finish_current()
         self._machine.close()
 
 
-def stream_close_timeout(stream: WsStream) -> float:
-    return stream.close_timeout
+def _ended(stream: WsStream) -> bool:
+    """The stream is over for its reader: the peer's close frame, a failure, or TCP gone."""
+    ws = stream.websocket
+    return ws.close_rcvd is not None or stream.error is not None or ws.state is CLOSED
 
 
 @contextlib.asynccontextmanager

@@ -500,7 +500,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"| bridge CPU per GiB, {title.split(' ', 2)[2]} | {ours_cpu:.2f} s "
             f"(user {ours_user:.2f} s) | {theirs_cpu:.2f} s (user {theirs_user:.2f} s) | "
-            f"{_times(theirs_cpu, ours_cpu)} less (user: {_times(theirs_user, ours_user)}) |"
+            f"{_compare(ours_cpu, theirs_cpu)} (user: {_compare(ours_user, theirs_user)}) |"
         )
     ours_idle, theirs_idle = report["idle"]["ws-stream"], report["idle"]["websockify"]
     ours_kb = ours_idle["bytes_per_tunnel"] / 1e3
@@ -509,13 +509,23 @@ def print_table(report: dict[str, Any]) -> None:
         f"| memory per idle tunnel (USS) | {ours_kb:.0f} kB ({ours_idle['tunnels']} tunnels, "
         f"{ours_idle['processes']} process) | {theirs_kb:.0f} kB ({theirs_idle['tunnels']} "
         f"tunnels, {theirs_idle['processes']} processes) | "
-        f"{theirs_kb / max(ours_kb, 1e-9):.0f}x less |"
+        f"{_compare(ours_kb, theirs_kb)} |"
     )
 
 
-def _times(a: float, b: float) -> str:
-    """``a / b`` as "1.23x"; CPU times below the clock's 10 ms resolution (--quick) say so."""
-    return f"{a / b:.2f}x" if a > 0 and b > 0 else "n/a (too short to time)"
+def _compare(ours: float, theirs: float) -> str:
+    """How much ws-stream used against websockify: "2.00x less", "1.50x more", "the same".
+
+    The ratio is always >= 1, so the word carries the direction. Values at
+    zero (CPU times below the clock's 10 ms resolution, --quick) say so.
+    """
+    if ours <= 0 or theirs <= 0:
+        return "n/a (too short to time)"
+    if f"{ours / theirs:.2f}" == "1.00":
+        return "the same"
+    if ours < theirs:
+        return f"{theirs / ours:.2f}x less"
+    return f"{ours / theirs:.2f}x more"
 
 
 def plot(report: dict[str, Any], path: str) -> None:

@@ -112,9 +112,8 @@ SHELLS: dict[str, Callable[..., None]] = {
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_503_says_the_server_is_full(shell: str) -> None:
-    with http_server("503 Service Unavailable") as port:
-        with pytest.raises(HandshakeError) as info:
-            SHELLS[shell](f"ws://user:{SECRET}@127.0.0.1:{port}/tunnel")
+    with http_server("503 Service Unavailable") as port, pytest.raises(HandshakeError) as info:
+        SHELLS[shell](f"ws://user:{SECRET}@127.0.0.1:{port}/tunnel")
     message = str(info.value)
     assert info.value.status == 503
     assert "full" in message and "try again later" in message, message
@@ -124,9 +123,8 @@ def test_503_says_the_server_is_full(shell: str) -> None:
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_404_says_check_the_path_and_hides_credentials(shell: str) -> None:
-    with http_server("404 Not Found") as port:
-        with pytest.raises(HandshakeError) as info:
-            SHELLS[shell](f"ws://user:{SECRET}@127.0.0.1:{port}/nowhere")
+    with http_server("404 Not Found") as port, pytest.raises(HandshakeError) as info:
+        SHELLS[shell](f"ws://user:{SECRET}@127.0.0.1:{port}/nowhere")
     assert info.value.status == 404
     assert "path" in str(info.value)
     assert SECRET not in str(info.value)
@@ -152,9 +150,8 @@ def client_ssl() -> ssl.SSLContext:
 def test_wss_to_a_plain_server_says_it_may_not_speak_tls(
     shell: str, client_ssl: ssl.SSLContext
 ) -> None:
-    with plain_ws_server() as port:
-        with pytest.raises(HandshakeError) as info:
-            SHELLS[shell](f"wss://127.0.0.1:{port}/", ssl=client_ssl)
+    with plain_ws_server() as port, pytest.raises(HandshakeError) as info:
+        SHELLS[shell](f"wss://127.0.0.1:{port}/", ssl=client_ssl)
     message = str(info.value)
     assert "may not speak TLS" in message and "ws://" in message, message
     assert f"127.0.0.1:{port}" in message

@@ -5,11 +5,12 @@ connection to a target fixed on the command line. ``forward`` is the client
 half of that tunnel: each local TCP client gets its own WebSocket. ``cat``
 joins stdin and stdout to one WebSocket.
 
-What this module owns is the *tunnel policy*, in :class:`_Tunnel`: how the end
-of one side becomes the end of the other, how errors travel, and how a
-shutdown closes every connection with 1001 within the close timeout. A
-WebSocket close is not a TCP half-close (the peer answers a close at once and
-cannot send afterwards), so:
+The *tunnel policy* (how the end of one side becomes the end of the other,
+how errors travel, and how a shutdown closes every connection with 1001
+within the close timeout) is decided in :mod:`ws_stream._tunnel_rules`, pure
+and tested alone; :class:`_Tunnel` here does the I/O. A WebSocket close is not
+a TCP half-close (the peer answers a close at once and cannot send
+afterwards), so:
 
 * the WebSocket peer closes with 1000, 1001 or no code: the local side gets
   EOF after every byte (TCP ``write_eof()``, then close once the local peer
@@ -21,8 +22,13 @@ cannot send afterwards), so:
 * the local side ends: on the server side (the target closed) the WebSocket
   is closed with 1000 at once, after the bytes before it; on the client side
   (``forward``, ``cat``), where EOF often means "my request is sent, now the
-  answer", the close waits until nothing has arrived for ``--linger``
-  seconds, or until the server closes first.
+  answer", the close waits until the server closes (a clean end), or until
+  it has sent nothing for ``--linger`` seconds - time spent waiting for the
+  local side to take bytes is not silence. A close by ``--linger`` or
+  ``--idle-timeout`` ends the tunnel before the server's close: what the
+  server still had is unknown, so the local side is reset (``cat`` exits 1);
+* a TCP reset after the session ended a direction (local EOF, a close
+  received or sent) is a normal end, logged at info.
 
 The target of ``serve --to`` comes from the command line only: nothing in a
 request (path, query, headers) can choose where bytes go.
@@ -56,6 +62,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from . import __version__
+from ._tunnel_rules import CLEAN_CODES, Close, LocalKind, TunnelRules
 from .asyncio import WsStream, connect_stream, start_server
 from .asyncio._reader import ChunkedStreamReader
 from .reconnect import ReconnectMachine, ReconnectPolicy
@@ -72,8 +79,6 @@ _LOCAL_READ = 2**18
 #: Largest read from a WebSocket reader: at least one whole frame, so frames
 #: are handed over without copying.
 _WS_READ = 2**20
-#: Close codes that end a stream cleanly (as websockets' OK_CLOSE_CODES).
-_CLEAN_CODES = frozenset({1000, 1001, 1005})
 #: Going-away reason sent to every connection at shutdown.
 _SHUTDOWN = (1001, "going away")
 #: What the client offers as the subprotocol of a byte stream (noVNC, websockify).
@@ -219,8 +224,9 @@ A WebSocket that looks exactly like a TCP connection, from the command line.
 """
 
 _EXIT_CODES = """\
-exit status: 0 done (also after SIGINT/SIGTERM), 1 runtime error (cannot listen,
-cannot connect, the connection failed), 2 bad arguments.
+exit status: 0 done (also after SIGINT/SIGTERM/SIGHUP), 1 runtime error (cannot
+listen, cannot connect, the connection failed or ended before the server's close),
+2 bad arguments.
 """
 
 _SERVE_EPILOG = """\
@@ -237,21 +243,28 @@ with HTTP 403; requests without an Origin header (non-browser clients) pass.
 The target closing its side closes the WebSocket with 1000 after its last
 bytes; a client close (1000/1001) half-closes the target connection; an error
 on either side resets the other (1011 toward the client, a TCP reset toward
-the target); an unreachable target closes the WebSocket with 1014.
+the target); an unreachable target closes the WebSocket with 1014. A reset by
+the target after the session ended a direction (the target's EOF, or a close
+received or sent) is a normal end: logged at info, closed with 1000.
 
 The first line on stderr (unless -q) is `listening on ws://HOST:PORT/ (...)`,
 with the real port when --port is 0. Each connection is logged when it ends:
-peer, duration, bytes each way, close codes. SIGINT/SIGTERM stop accepting,
-close every connection with 1001 and exit 0 within --close-timeout.
+peer, duration, bytes each way, close codes. SIGINT/SIGTERM/SIGHUP stop
+accepting, close every connection with 1001 and exit 0 within --close-timeout.
 """
 
 _CLIENT_EPILOG = """\
 When the local side ends (EOF on stdin for cat, a half-close by a TCP client
-for forward), the WebSocket stays open until nothing has arrived for --linger
-seconds (default 2; 0 closes at once, `inf` waits for the server), then closes
-with 1000; everything the server sends before its close is still delivered.
-A WebSocket close is not a TCP half-close, so this is how `echo hi | ws-stream
-cat URI` gets its echo. The session ends when the server closes, too.
+for forward), the WebSocket stays open until the server closes (a clean end),
+or until it has sent nothing for --linger seconds (default 2; 0 closes at
+once, `inf` waits for the server); everything the server sends before its
+close is still delivered. A WebSocket close is not a TCP half-close, so this is
+how `echo hi | ws-stream cat URI` gets its echo. Time spent waiting for the
+local side to take bytes (a reader that pauses) is never silence, for
+--linger and --idle-timeout alike. A tunnel that --linger or --idle-timeout
+closes before the server's close may be incomplete, so it is not a clean end:
+forward resets its client, cat exits 1 with a message. A reset by the local
+client after its EOF is a normal end (logged at info, closed with 1000).
 
 The bearer token (--bearer or WS_STREAM_BEARER, which keeps it out of `ps`) is
 sent as `Authorization: Bearer TOKEN` and never logged.
@@ -262,8 +275,12 @@ _CAT_EPILOG = (
     + """
 cat is binary-safe and works as an SSH ProxyCommand:
   ssh -o ProxyCommand='ws-stream cat wss://gateway.example/ssh' user@host
-It exits 0 when the server closed with 1000/1001 or cat closed the connection
-itself; 1 when the connection failed or the server closed with an error code.
+It exits 0 when the server closed with 1000/1001, or cat closed it on a
+signal (SIGINT, SIGTERM, SIGHUP: close 1001), --max-bytes or --linger 0; 1 when
+the connection failed, the server closed with an error code, --linger or
+--idle-timeout ended it before the server's close, or stdin/stdout failed (the
+OS error is shown; a reader of stdout that goes away, EPIPE, is a quiet end).
+A closed stdin or stdout (`<&-`, `>&-`) is /dev/null.
 """
 )
 
@@ -328,7 +345,8 @@ def _client_options() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=_positive_seconds,
         metavar="S",
-        help="close with 1000 after S seconds without data either way (default: never)",
+        help="close with 1000 after S seconds without data either way, not counting time "
+        "waiting for the local side to take bytes; an error exit / a reset (default: never)",
     )
     group.add_argument(
         "--max-bytes",
@@ -341,8 +359,9 @@ def _client_options() -> argparse.ArgumentParser:
         type=_linger,
         default=2.0,
         metavar="S",
-        help="after the local side ends, close once nothing has arrived for S seconds "
-        "(default: 2; 0: at once; inf: wait for the server)",
+        help="after the local side ends, close once the server has sent nothing for S seconds "
+        "(an early end: an error exit / a reset) (default: 2; 0: at once, a clean end; "
+        "inf: wait for the server)",
     )
     return client
 
@@ -638,15 +657,23 @@ async def _unless_stopped(stop: asyncio.Future[None], coro: Coroutine[Any, Any, 
     return task.result()
 
 
+#: The signals that stop every sub-command gracefully. SIGHUP too: OpenSSH
+#: sends it to its ProxyCommand (``cat``) when it exits, and a terminal that
+#: goes away sends it to what runs in it.
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 def _install_signal_handlers(on_signal: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
 
 
 class _Shutdown:
-    """SIGINT/SIGTERM: the first stops gracefully, a second one stops now."""
+    """SIGINT/SIGTERM/SIGHUP: the first stops gracefully, a second one stops now."""
 
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -672,19 +699,19 @@ class _Endpoint(Protocol):
     """The local side of a tunnel: a TCP connection, or stdin and stdout."""
 
     role: str
+    #: What the tunnel rules know of it: "tcp" or "stdio".
+    kind: LocalKind
 
     async def read(self) -> bytes:
         """The next bytes; ``b""`` at EOF. Raises OSError."""
         ...
 
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None:
-        """Wait until writing may continue. Raises OSError."""
+    def write(self, data: bytes) -> None:
+        """Queue ``data``. Raises OSError."""
         ...
 
-    def failure_close(self, writing: bool) -> tuple[int, str, bool]:
-        """How the WebSocket closes after a local failure: (code, reason, is an error)."""
+    async def drain(self) -> None:
+        """Wait until writing may continue. Raises OSError (the OS's own error where known)."""
         ...
 
     async def finish(self, timeout: float) -> None:
@@ -709,6 +736,7 @@ class _TcpEndpoint:
         self._reader = reader
         self._writer = writer
         self.role = role
+        self.kind: LocalKind = "tcp"
 
     async def read(self) -> bytes:
         return await self._reader.read(_LOCAL_READ)
@@ -717,10 +745,11 @@ class _TcpEndpoint:
         self._writer.write(data)
 
     async def drain(self) -> None:
-        await self._writer.drain()
-
-    def failure_close(self, writing: bool) -> tuple[int, str, bool]:
-        return 1011, f"the {self.role} connection was reset", True
+        try:
+            await self._writer.drain()
+        except ConnectionError as exc:
+            # asyncio's "Connection lost" hides what the socket said.
+            raise _cause(self._reader) or exc from None
 
     async def finish(self, timeout: float) -> None:
         writer = self._writer
@@ -783,6 +812,12 @@ async def _start_tcp_server(
     return await loop.create_server(lambda: _tcp_protocol(cb), host, port)
 
 
+def _cause(reader: asyncio.StreamReader) -> OSError | None:
+    """The OS error that ended a transport, which asyncio hands to its protocol's reader."""
+    exc = reader.exception()
+    return exc if isinstance(exc, OSError) else None
+
+
 def _pollable(fd: int) -> bool:
     """Whether the event loop can wait on ``fd`` (regular files and /dev/null it cannot)."""
     mode = os.fstat(fd).st_mode
@@ -799,12 +834,14 @@ class _Stdio:
     """
 
     role = "stdio"
+    kind: LocalKind = "stdio"
 
     def __init__(self) -> None:
         self._reader: asyncio.StreamReader | None = None
         self._in_transport: asyncio.BaseTransport | None = None
         self._in_fd: int | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._out_errors = asyncio.StreamReader()  # where asyncio puts stdout's OS error
         self._out_fd: int | None = None
         self._blocking: dict[int, bool] = {}
         self._finished = False
@@ -835,10 +872,10 @@ class _Stdio:
             logger.debug("stdout is closed: received bytes are dropped")
         else:
             if _pollable(out_fd):
-                # A StreamReaderProtocol (its reader unused) gives the writer
-                # drain() and wait_closed().
+                # A StreamReaderProtocol gives the writer drain() and
+                # wait_closed(); its reader only receives the OS error.
                 transport, protocol = await loop.connect_write_pipe(
-                    lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+                    lambda: asyncio.StreamReaderProtocol(self._out_errors),
                     os.fdopen(out_fd, "wb", 0),
                 )
                 self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
@@ -864,12 +901,10 @@ class _Stdio:
 
     async def drain(self) -> None:
         if self._writer is not None:
-            await self._writer.drain()
-
-    def failure_close(self, writing: bool) -> tuple[int, str, bool]:
-        if writing:  # whoever read our stdout is gone: they have what they wanted
-            return 1000, "", False
-        return 1011, "cannot read the input", True
+            try:
+                await self._writer.drain()
+            except ConnectionError as exc:
+                raise _cause(self._out_errors) or exc from None
 
     async def finish(self, timeout: float) -> None:
         if self._finished:
@@ -922,15 +957,19 @@ class _Stdio:
 class _Tunnel:
     """Bytes both ways between a WebSocket and a local endpoint, and how they end.
 
-    The WebSocket reader is drained until the end of the WebSocket, always:
-    every other ending (the local side ends or fails, ``max_bytes``, the idle
-    timeout, the process stops) *starts* a close, and the close handshake,
-    bounded by ``close_timeout``, ends the WebSocket. Only then is the local
-    side finished (EOF) or aborted (reset), depending on how the WebSocket
-    ended.
+    The I/O half of the tunnel: it moves bytes, waits and wakes; every
+    decision (when ``linger`` and ``idle_timeout`` fire, what a local error
+    means, how the tunnel ended) is :class:`~ws_stream._tunnel_rules.TunnelRules`'s.
 
-    ``linger``: after local EOF, close with 1000 once nothing has been
-    received for that many seconds (0: at once; ``math.inf``: never).
+    The WebSocket reader is drained until the end of the WebSocket, always:
+    every other ending (the local side ends or fails, ``max_bytes``, a timer,
+    the process stops) *starts* a close, and the close handshake, bounded by
+    ``close_timeout``, ends the WebSocket. Only then is the local side
+    finished (EOF) or aborted (reset), as the rules decide.
+
+    ``linger``: after local EOF, close with 1000 once the server has sent
+    nothing for that many seconds (0: at once; ``math.inf``: never). Time
+    spent waiting for the local side to take bytes is not silence.
     """
 
     def __init__(
@@ -948,44 +987,40 @@ class _Tunnel:
         self.local = local
         self._stop = stop
         self._close_timeout = close_timeout
-        self._linger = linger
-        self._idle_timeout = idle_timeout
-        self._max_bytes = max_bytes
         self._loop = asyncio.get_running_loop()
+        self.rules = TunnelRules(
+            role=local.role,
+            kind=local.kind,
+            now=self._loop.time(),
+            linger=linger,
+            idle_timeout=idle_timeout,
+            max_bytes=max_bytes,
+        )
         self._up: asyncio.Task[None] | None = None
         self._deadline: asyncio.Timeout | None = None
         self._closing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._last_received = self._last_any = self._local_eof_at = 0.0
         self._ws_error: ConnectionError | None = None
-        self._local_error: str | None = None
-        self._local_broken = False
-        self.closed_by_us: tuple[int, str] | None = None
+        self._local_late = False
         #: Why the tunnel did not end cleanly; None when it did.
         self.error: str | None = None
 
     async def run(self) -> None:
         """Move bytes until both sides are done; never raises for I/O errors."""
-        now = self._loop.time()
-        self._last_received = self._last_any = now
         try:
             async with asyncio.timeout(None) as self._deadline:
                 self._up = asyncio.create_task(self._local_to_ws())
                 self._stop.add_done_callback(self._on_stop)
-                if self._idle_timeout is not None:
-                    self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+                self._arm()
                 await self._ws_to_local()
         except TimeoutError:
             # Only our deadline: a close began and the local side never took
             # the last bytes (the WebSocket itself is bounded by close_timeout).
-            self._local_broken = True
-            self._local_error = f"the {self.local.role} did not take the last bytes in time"
+            self._local_late = True
         finally:
             self._stop.remove_done_callback(self._on_stop)
-            for timer in (self._timer, self._idle_timer):
-                if timer is not None:
-                    timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             if self._up is not None:
                 self._up.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -995,7 +1030,8 @@ class _Tunnel:
     async def _ws_to_local(self) -> None:
         reader = self.stream.reader
         local = self.local
-        remaining = self._max_bytes
+        rules = self.rules
+        loop = self._loop
         discarding = False  # the local side failed or has enough: drain until the close
         while True:
             try:
@@ -1007,10 +1043,10 @@ class _Tunnel:
                 return
             if discarding:
                 continue
-            self._last_received = self._last_any = self._loop.time()
-            if remaining is not None:
-                data = data[:remaining]
-                remaining -= len(data)
+            size, close = rules.received(loop.time(), len(data))
+            if size < len(data):
+                data = data[:size]
+            rules.local_write_started(loop.time())
             try:
                 local.write(data)
                 await local.drain()
@@ -1018,10 +1054,13 @@ class _Tunnel:
                 discarding = True
                 self._local_failed(exc, writing=True)
                 continue
-            if remaining == 0:
+            finally:
+                rules.local_write_finished(loop.time())
+            if self._timer is None:
+                self._arm()  # a timer waits while the local side is not taking bytes
+            if close is not None:
                 discarding = True
-                logger.debug("received --max-bytes %d bytes: closing", self._max_bytes)
-                self._begin_close(1000, "")
+                self._begin_close(close)
 
     async def _local_to_ws(self) -> None:
         writer = self.stream.writer
@@ -1032,11 +1071,16 @@ class _Tunnel:
                 self._local_failed(exc, writing=False)
                 return
             if not data:
-                self._local_ended()
+                logger.debug("%s: EOF", self.local.role)
+                close = self.rules.local_eof(self._loop.time())
+                if close is not None:
+                    self._begin_close(close)
+                else:
+                    self._arm()
                 return
             if writer.is_closing():
                 return  # the peer closed: _ws_to_local sees how
-            self._last_any = self._loop.time()
+            self.rules.sent(self._loop.time())
             writer.write(data)
             try:
                 await writer.drain()
@@ -1045,73 +1089,67 @@ class _Tunnel:
 
     # What starts a close
 
-    def _local_ended(self) -> None:
-        self._local_eof_at = self._loop.time()
-        logger.debug("%s: EOF", self.local.role)
-        if self._linger == 0:
-            self._begin_close(1000, "")
-        elif self._linger < math.inf:
-            self._timer = self._loop.call_later(self._linger, self._check_linger)
+    def _arm(self) -> None:
+        """Have a timer at the rules' deadline (they say when one is due)."""
+        due = self.rules.deadline()
+        if due is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= due:
+                return  # it fires first, and asks again
+            self._timer.cancel()
+        self._timer = self._loop.call_at(due, self._on_timer)
 
-    def _check_linger(self) -> None:
-        due = max(self._last_received, self._local_eof_at) + self._linger
-        if self._loop.time() >= due:
-            logger.debug("nothing received for %.1f s after EOF: closing", self._linger)
-            self._begin_close(1000, "")
+    def _on_timer(self) -> None:
+        self._timer = None
+        close = self.rules.poll(self._loop.time())
+        if close is not None:
+            self._begin_close(close)
         else:
-            self._timer = self._loop.call_at(due, self._check_linger)
-
-    def _check_idle(self) -> None:
-        assert self._idle_timeout is not None
-        due = self._last_any + self._idle_timeout
-        if self._loop.time() >= due:
-            logger.info("no data for %.1f s: closing (--idle-timeout)", self._idle_timeout)
-            self._begin_close(1000, "idle timeout")
-        else:
-            self._idle_timer = self._loop.call_at(due, self._check_idle)
+            self._arm()
 
     def _on_stop(self, _: asyncio.Future[None]) -> None:
-        self._begin_close(*_SHUTDOWN)
+        close = self.rules.stop()
+        if close is not None:
+            self._begin_close(close)
+        else:
+            self._begin_close(None)  # a close is under way: still bound the tunnel
 
     def _local_failed(self, exc: OSError, *, writing: bool) -> None:
-        code, reason, is_error = self.local.failure_close(writing)
-        self._local_broken = True
-        if is_error:
-            self._local_error = f"the {self.local.role} failed: {_describe(exc)}"
-        else:
-            logger.debug("%s: %s", self.local.role, _describe(exc))
-        self._begin_close(code, reason)
+        failure = self.rules.local_failed(
+            exc, writing=writing, ws_closing=self.stream.writer.is_closing()
+        )
+        logger.log(failure.level, "%s", failure.message)
+        self._begin_close(failure.close)
 
-    def _begin_close(self, code: int, reason: str) -> None:
+    def _begin_close(self, close: Close | None) -> None:
         """Send a close frame; the WebSocket reader still delivers until the peer's close.
 
         From now on the tunnel ends within ``close_timeout`` + 1 s, whatever
-        the local side does.
+        the local side does. ``None``: only that bound.
         """
         if self._deadline is not None and self._deadline.when() is None:
             self._deadline.reschedule(self._loop.time() + self._close_timeout + 1)
         if self._up is not None and self._up is not asyncio.current_task():
             self._up.cancel()
-        if self.closed_by_us is not None or self.stream.writer.is_closing():
+        if close is None or self.rules.close_sent is not None or self.stream.writer.is_closing():
             return  # a close is under way already (ours, or the peer's)
-        self.closed_by_us = (code, reason)
-        self._closing = asyncio.create_task(self.stream.close(code, reason))
+        logger.debug("%s", close.why or "closing")  # an early end is reported at the end
+        self.rules.closing(close)
+        self._closing = asyncio.create_task(self.stream.close(close.code, close.reason))
 
     # How it ends
 
     async def _end(self) -> None:
         stream = self.stream
-        peer_code = stream.close_code
-        if self._local_error is not None:
-            self.error = self._local_error
-        elif self._ws_error is not None and self.closed_by_us is None:
-            self.error = f"the WebSocket failed: {_describe(self._ws_error)}"
-        elif self.closed_by_us is None and peer_code is not None and peer_code not in _CLEAN_CODES:
-            reason = stream.close_reason
-            self.error = f"the peer closed with {peer_code}" + (f" ({reason})" if reason else "")
-        elif self._ws_error is not None:
-            self.error = f"the peer did not complete the close: {_describe(self._ws_error)}"
-        if self._local_broken or (self.error is not None and self.closed_by_us is None):
+        ending = self.rules.ending(
+            peer_code=stream.close_code,
+            peer_reason=stream.close_reason or "",
+            ws_error=None if self._ws_error is None else _describe(self._ws_error),
+            local_late=self._local_late,
+        )
+        self.error = ending.error
+        if ending.reset_local:
             # The stream did not end cleanly: the local peer must not see EOF.
             await self.local.fail(self._close_timeout)
         else:
@@ -1146,7 +1184,7 @@ async def _echo(stream: WsStream, stop: asyncio.Future[None]) -> str | None:
     finally:
         stop.remove_done_callback(shutdown)
     code = stream.close_code
-    if error is None and not closing and code is not None and code not in _CLEAN_CODES:
+    if error is None and not closing and code is not None and code not in CLEAN_CODES:
         error = f"the peer closed with {code}"
     await stream.close()
     return error
@@ -1187,7 +1225,13 @@ async def _serve(args: argparse.Namespace, prog: str) -> int:
     try:
         context = _server_ssl(args)
     except (OSError, ssl.SSLError) as exc:
-        logger.error("cannot load --cert/--key: %s", _describe(exc))
+        logger.error(
+            "cannot load the TLS certificate --cert %s with its key --key %s: %s "
+            "(both must be PEM files, the key matching the certificate)",
+            args.cert,
+            args.key,
+            _describe(exc),
+        )
         return EXIT_ERROR
     target: tuple[str, int] | None = args.to
     close_timeout: float = args.close_timeout
@@ -1273,7 +1317,7 @@ async def _until_shutdown(
     prog: str,
     stop: Callable[[], Awaitable[None]],
 ) -> int:
-    """Serve (with --stats) until SIGINT/SIGTERM, then ``stop()``; a second signal forces."""
+    """Serve (with --stats) until SIGINT/SIGTERM/SIGHUP, then ``stop()``; a second forces."""
     stats = (
         asyncio.create_task(_print_stats(sessions, prog, args.stats_interval))
         if args.stats
@@ -1502,12 +1546,13 @@ async def _cat(args: argparse.Namespace, prog: str) -> int:
             sessions.attach(slot, stream)
             logger.info("connected to %s", dialer.shown_uri)
             error = await _cat_session(stream, slot.stop, args, shutdown)
+            if error is not None:
+                logger.error("%s", error)  # before the --stats summary, which comes last
     finally:
         if stats is not None:
             stats.cancel()
             sessions.summary(prog)
     if error is not None:
-        logger.error("%s", error)
         return EXIT_ERROR
     logger.info(
         "closed: received %d bytes, sent %d bytes; close code %s",
@@ -1543,6 +1588,7 @@ async def _cat_session(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ws-stream`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    _reserve_stdio()
     parser = build_parser()
     args = parser.parse_args(argv)
     sub: argparse.ArgumentParser = args.parser
@@ -1550,6 +1596,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if (args.cert is None) != (args.key is None):
             sub.error("--cert and --key go together")
+        for option, path in (("--cert", args.cert), ("--key", args.key)):
+            if path is not None:
+                problem = _unreadable(path)
+                if problem is not None:
+                    sub.error(f"{option}: cannot read {path}: {problem}")
     else:
         args.dialer = _dialer(args, sub)
     default_level = logging.WARNING if args.command == "cat" else logging.INFO
@@ -1559,6 +1610,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_main(run, args, prog))
     except KeyboardInterrupt:  # before the signal handlers were installed
         return EXIT_OK
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``path`` cannot be read as a file, or None if it can."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return exc.strerror or _describe(exc)
+
+
+def _reserve_stdio() -> None:
+    """Open /dev/null on whichever of descriptors 0, 1 and 2 is closed (``<&-``, ``>&-``).
+
+    Otherwise the event loop's own descriptors would take those numbers, and
+    ``cat`` would read its epoll descriptor as stdin, or logging write into a
+    socket. A closed stdin reads as empty, a closed stdout or stderr discards.
+    """
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, flags)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:  # Python found fd 2 closed at startup
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
 
 async def _main(

@@ -179,3 +179,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def start_tcp_source(
+    data: bytes, *, then: str = "close"
+) -> tuple[asyncio.Server, int, list[str]]:
+    """A TCP server on 127.0.0.1 that sends ``data`` to each client as fast as it can.
+
+    ``then``: "close" ends its side after the data (a clean FIN); "silent" keeps
+    the connection open without sending anything more, until the client ends
+    it. Returns the server, its port and a list of how each connection ended
+    from the server's side ("eof", "reset").
+    """
+    endings: list[str] = []
+
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            view = memoryview(data)
+            for start in range(0, len(view), 2**16):
+                writer.write(view[start : start + 2**16])
+                await writer.drain()
+            if then == "close":
+                writer.write_eof()
+            while await reader.read(65536):
+                pass
+            endings.append("eof")
+        except ConnectionError:
+            endings.append("reset")
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(send, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], endings
+
+
+def shell_command(*args: str, redirect: str) -> list[str]:
+    """``sh -c "exec ws-stream ARGS REDIRECT"``: for ``<&-``, ``>/dev/full`` and the like."""
+    import shlex
+
+    return ["sh", "-c", f"exec {shlex.join(command(*args))} {redirect}"]

@@ -77,7 +77,10 @@ def test_send_on_connect_comes_first() -> None:
 
     async def main() -> None:
         async with ws_server(echo) as uri:
-            status, out, err = await cat("--send-on-connect", r"GET\t\xff\n", uri, input=b"rest")
+            # The echo never closes: --max-bytes (10) is a clean end, --linger would not be.
+            status, out, err = await cat(
+                "--max-bytes", "10", "--send-on-connect", r"GET\t\xff\n", uri, input=b"rest"
+            )
             assert status == 0, err
             assert out == b"GET\t\xff\nrest"
 
@@ -91,13 +94,21 @@ def test_linger_keeps_reading_after_stdin_ends() -> None:
         request = await reader.readexactly(7)
         await asyncio.sleep(1.0)
         writer.write(b"answer to " + request)
-        with_eof = await reader.read()  # until cat closes
-        assert with_eof == b""
+        if request == b"and end":
+            writer.close()  # the server's close: a clean end
+        else:
+            assert await reader.read() == b""  # until cat closes
 
     async def main() -> None:
         async with ws_server(slow_answer) as uri:
+            status, out, err = await cat(uri, input=b"and end")
+            assert (status, out) == (0, b"answer to and end"), err
+            # The server never closes: after --linger without data, cat closes
+            # early, and says so (the answer may be incomplete).
             status, out, err = await cat(uri, input=b"request")
-            assert (status, out) == (0, b"answer to request"), err
+            assert (status, out) == (1, b"answer to request"), err
+            assert "error: the server sent nothing for 2 s" in err
+            assert "closed early (--linger)" in err
             # --linger 0: the close follows stdin's EOF at once, the answer never comes.
             status, out, err = await cat("--linger", "0", uri, input=b"request")
             assert (status, out) == (0, b""), err
@@ -134,10 +145,12 @@ def test_idle_timeout_closes_a_silent_session(cli: Start) -> None:
 
     async def main() -> None:
         async with ws_server(silent) as uri:
-            # stdin stays open: only the idle timeout can end this.
+            # stdin stays open: only the idle timeout can end this; an early
+            # end (the server had not closed), so an error.
             proc = cli("cat", "-v", "--idle-timeout", "0.5", uri, stdin=subprocess.PIPE)
-            assert await asyncio.to_thread(proc.wait, 10) == 0
-            assert "no data for 0.5 s: closing (--idle-timeout)" in proc.stderr
+            assert await asyncio.to_thread(proc.wait, 10) == 1
+            assert "error: no data for 0.5 s and the server had not closed" in proc.stderr
+            assert "closed early (--idle-timeout)" in proc.stderr
             assert proc.proc.stdin is not None
             proc.proc.stdin.close()
 

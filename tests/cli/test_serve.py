@@ -29,8 +29,11 @@ def test_echo_and_cat_round_trip_8_mib(cli: Start) -> None:
     serve = cli("serve", "--port", "0")
     port = serve.port()
     data = os.urandom(8 * 2**20)
-    # cat's defaults: after stdin ends, it keeps reading until the echo stops.
-    result = run_cli("cat", f"ws://127.0.0.1:{port}", input=data, timeout=60)
+    # The echo server never closes: --max-bytes says how much comes back, a
+    # clean end (--linger alone would end it early: exit 1, see test_cat).
+    result = run_cli(
+        "cat", "--max-bytes", str(len(data)), f"ws://127.0.0.1:{port}", input=data, timeout=60
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert len(result.stdout) == len(data)
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
@@ -45,7 +48,9 @@ def test_cat_reads_and_writes_regular_files(cli: Start, tmp_path: Path) -> None:
     source, sink = tmp_path / "in.bin", tmp_path / "out.bin"
     source.write_bytes(os.urandom(300_000))
     with source.open("rb") as stdin, sink.open("wb") as stdout:
-        cat = cli("cat", f"ws://127.0.0.1:{port}", stdin=stdin, stdout=stdout)
+        cat = cli(
+            "cat", "--max-bytes", "300000", f"ws://127.0.0.1:{port}", stdin=stdin, stdout=stdout
+        )
         assert cat.wait(30) == 0, cat.stderr
     assert sink.read_bytes() == source.read_bytes()
 
@@ -221,6 +226,12 @@ def test_path_and_max_connections(cli: Start) -> None:
         with pytest.raises(ws_stream.HandshakeError) as full:
             await ws_stream.connect_stream(uri)
         assert full.value.status == 503
+        # What a user of the command reads: the server is full, not "check the path".
+        refused = await asyncio.to_thread(run_cli, "cat", uri, input=b"", timeout=30)
+        assert refused.returncode == 1
+        message = refused.stderr.decode()
+        assert "HTTP 503" in message and "full" in message and "try again later" in message
+        assert "check the URI path" not in message
         await first.close()
         async with asyncio.timeout(10):
             while True:  # the slot is free once the server saw the TCP end
@@ -249,7 +260,15 @@ def test_tls_with_cert_and_cafile(cli: Start, tmp_path: Path) -> None:
     port = serve.port()
     assert f"listening on wss://127.0.0.1:{port}/" in serve.lines[0]
     data = os.urandom(200_000)
-    result = run_cli("cat", "--cafile", str(ca_file), f"wss://127.0.0.1:{port}/", input=data)
+    result = run_cli(
+        "cat",
+        "--max-bytes",
+        "200000",
+        "--cafile",
+        str(ca_file),
+        f"wss://127.0.0.1:{port}/",
+        input=data,
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == data
     untrusted = run_cli("cat", f"wss://127.0.0.1:{port}/")
@@ -264,9 +283,12 @@ def test_stats_and_summary(cli: Start) -> None:
     result = run_cli(
         "cat", "--stats", "--stats-interval", "0.2", f"ws://127.0.0.1:{port}/", input=data
     )
-    assert result.returncode == 0
     stderr = result.stderr.decode()
-    assert "ws-stream cat: stats: " in stderr  # cat lingers 2 s: several intervals
+    # The echo never closes: cat lingers 2 s (several intervals), then ends
+    # early, an error (exit 1) reported before the summary.
+    assert result.returncode == 1, stderr
+    assert "closed early (--linger)" in stderr
+    assert "ws-stream cat: stats: " in stderr
     assert stderr.splitlines()[-1].startswith("ws-stream cat: summary: 1 connection in "), stderr
     assert "received 100000 bytes" in stderr and "sent 100000 bytes" in stderr
     serve.wait_for(r"stats: 0 open, 1 total; received 100\.0 kB")

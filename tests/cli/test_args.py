@@ -115,3 +115,15 @@ def test_port_in_use_is_a_clear_runtime_error() -> None:
         assert res.returncode == 1, stderr
         assert f"error: cannot listen on 127.0.0.1:{port}:" in stderr
         assert "Traceback" not in stderr
+
+
+def test_the_configuration_never_shows_the_token_or_the_password() -> None:
+    from ws_stream.cli.args import ForwardConfig, HostPort, parse_config
+
+    config = parse_config(
+        ["forward", "--listen", "5901", "--bearer", "s3cret", "ws://user:hunter2@127.0.0.1/"]
+    )
+    assert isinstance(config, ForwardConfig)
+    assert config.listen == HostPort("127.0.0.1", 5901)
+    assert ("Authorization", "Bearer s3cret") in config.headers
+    assert "s3cret" not in repr(config) and "hunter2" not in repr(config)

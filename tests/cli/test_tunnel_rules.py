@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from ws_stream._tunnel_rules import SHUTDOWN, Close, Ending, TunnelRules
+from ws_stream.cli.rules import SHUTDOWN, Close, Ending, TunnelRules
 
 
 def rules(**options: object) -> TunnelRules:

@@ -30,9 +30,37 @@ __all__ = ["ChunkedStreamReader"]
 class ChunkedStreamReader(asyncio.StreamReader):
     """An :class:`asyncio.StreamReader` whose buffer is a queue of chunks.
 
-    ``limit`` is both asyncio's line-length limit and the read high-water mark:
-    past ``limit`` buffered bytes the transport stops reading until the
-    buffer drains to half of it.
+    A drop-in replacement for asyncio's reader wherever one is taken, for
+    instance under a TCP connection::
+
+        reader = ChunkedStreamReader(2**18)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.create_connection(lambda: protocol, host, port)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    It is the reader of every :class:`~ws_stream.asyncio.WsStream`. The same
+    methods as asyncio's reader, the same bytes in the same order, and these
+    guarantees:
+
+    * **Fewer copies.** A large ``bytes`` chunk given to :meth:`feed_data` is
+      queued as it is (anything else is copied once; small chunks are joined
+      at the tail), and a ``read(n)`` that asks for at least a whole queued
+      chunk gets that very object: no copy on the bulk path. Searches
+      (``readline``, ``readuntil``) join chunks once per byte, as asyncio does.
+    * **Bounded memory.** ``limit`` is both asyncio's line-length limit and
+      the read high-water mark: past ``limit`` buffered bytes the transport
+      stops reading until the buffer drains to half of it; the buffer's real
+      memory stays within a small factor of the bytes it holds, whatever the
+      chunk sizes.
+    * **Nothing lost.** An error set with :meth:`set_exception` is raised
+      only after every buffered byte was read (a ``read()`` to EOF waiting
+      when it comes returns the bytes it gathered; the next read raises); a
+      ``readexactly``/``readuntil``/``readline`` interrupted by an error
+      raises it and leaves the bytes it had not returned in the buffer; a
+      ``read()`` to EOF that is cancelled (a timeout) puts back what it had
+      gathered.
+
+    Like asyncio's reader, it is not thread-safe: use it from its event loop.
     """
 
     # asyncio.StreamReader's private state, which typeshed does not declare.

@@ -2,7 +2,7 @@
 
 A tunnel joins one WebSocket and one local side (a TCP connection: a client of
 ``forward``, the target of ``serve --to``; or stdin and stdout for ``cat``).
-The I/O code of :mod:`ws_stream.cli` moves the bytes and feeds
+The I/O driver (:class:`ws_stream.cli.tunnel.Tunnel`) moves the bytes and feeds
 :class:`TunnelRules` what happens, with the time it happened; the rules answer
 what to do. Decided here, once:
 
@@ -42,7 +42,15 @@ import logging
 import math
 from typing import Final, Literal, NamedTuple
 
-__all__ = ["Close", "Ending", "LocalFailure", "LocalKind", "TunnelRules"]
+__all__ = [
+    "CLEAN_CODES",
+    "SHUTDOWN",
+    "Close",
+    "Ending",
+    "LocalFailure",
+    "LocalKind",
+    "TunnelRules",
+]
 
 #: A TCP connection, or stdin and stdout.
 LocalKind = Literal["tcp", "stdio"]

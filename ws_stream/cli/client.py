@@ -1,0 +1,218 @@
+"""The client sub-commands: ``forward`` and ``cat``, and the :class:`Dialer` both use.
+
+Owns:
+
+* :class:`Dialer`, the one place that opens a client WebSocket: the options
+  of :func:`~ws_stream.asyncio.connect_stream` built from
+  :class:`~.args.ClientConfig` (headers with the bearer token, TLS, close
+  timeout), ``--reconnect`` retries, and error messages with the URI's
+  password redacted;
+* ``forward``: listen on TCP, one WebSocket and one :class:`~.tunnel.Tunnel`
+  per local client; a client whose WebSocket cannot be opened is reset (it
+  must not mistake that for an empty answer) and ``forward`` keeps serving;
+* ``cat``: one WebSocket and stdin/stdout; its exit status says whether the
+  tunnel ended cleanly.
+
+How a tunnel ends (``--linger``, ``--idle-timeout``, ``--max-bytes``, errors)
+is decided by :mod:`.rules`; the local side is :mod:`.endpoints`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from websockets.datastructures import Headers
+from websockets.exceptions import WebSocketException
+
+from ..asyncio import WsStream, connect_stream
+from ..reconnect import ReconnectMachine
+from .args import ClientConfig, ForwardConfig
+from .endpoints import Endpoint, Stdio, TcpEndpoint, start_tcp_server
+from .lifecycle import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Sessions,
+    Shutdown,
+    Stopped,
+    unless_stopped,
+    until_shutdown,
+)
+from .report import addr, describe, log_end, redact, stats_output
+from .tunnel import Tunnel
+
+__all__ = ["DIAL_ERRORS", "Dialer", "cat", "forward"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors of one attempt to open a WebSocket.
+DIAL_ERRORS = (OSError, TimeoutError, WebSocketException)
+
+
+class Dialer:
+    """Opens the WebSocket of a client session: the one place forward and cat connect.
+
+    One attempt per :meth:`dial`, or the retries of ``config.reconnect``.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.uri = config.uri
+        #: The URI as logs show it: without its password.
+        self.shown_uri = redact(config.uri)
+        self.policy = config.reconnect
+        options: dict[str, Any] = {
+            "additional_headers": Headers(list(config.headers)),
+            "close_timeout": config.close_timeout,
+        }
+        if config.ssl_context is not None:
+            options["ssl"] = config.ssl_context
+        self._options = options
+
+    async def dial(self) -> WsStream:
+        """Open one WebSocket. Raises :class:`ConnectionError`, its message redacted.
+
+        With a reconnect policy (``forward --reconnect``), transient failures
+        are retried after the policy's backoff delays, up to its
+        ``max_attempts``; fatal ones (HTTP 401/403/404, bad certificate) are
+        not. A live tunnel is never moved to a new WebSocket: its bytes would
+        splice two connections.
+        """
+        machine = ReconnectMachine(self.policy, self.shown_uri) if self.policy else None
+        while True:
+            try:
+                return await connect_stream(self.uri, **self._options)
+            except DIAL_ERRORS as exc:
+                message = str(exc).replace(self.uri, self.shown_uri)
+                error = ConnectionError(message or type(exc).__name__)
+                if machine is None:
+                    raise error from exc
+                try:
+                    delay = machine.failed(exc)
+                except BaseException:
+                    raise error from exc
+                await asyncio.sleep(delay)
+
+
+def _tunnel(
+    stream: WsStream, local: Endpoint, stop: asyncio.Future[None], config: ClientConfig
+) -> Tunnel:
+    """The tunnel of a client session, ``--send-on-connect`` already sent."""
+    if config.send_on_connect:
+        stream.writer.write(config.send_on_connect)
+    return Tunnel(
+        stream,
+        local,
+        stop=stop,
+        close_timeout=config.close_timeout,
+        linger=config.linger,
+        idle_timeout=config.idle_timeout,
+        max_bytes=config.max_bytes,
+    )
+
+
+# forward
+
+
+async def forward(config: ForwardConfig) -> int:
+    """Run ``ws-stream forward`` until a signal; return the exit status."""
+    loop = asyncio.get_running_loop()
+    shutdown = Shutdown()
+    sessions = Sessions()
+    dialer = Dialer(config)
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = addr(writer.get_extra_info("peername"))
+        local = TcpEndpoint(reader, writer, "client")
+        started = loop.time()
+        with sessions.session() as slot:
+            try:
+                stream = await unless_stopped(slot.stop, dialer.dial())
+            except Stopped:
+                local.abort()
+                return
+            except ConnectionError as exc:
+                logger.error("%s: cannot open %s: %s", peer, dialer.shown_uri, exc)
+                local.abort()  # a reset: the client must not mistake this for an empty answer
+                return
+            sessions.attach(slot, stream)
+            logger.debug("%s: tunnel open to %s", peer, dialer.shown_uri)
+            try:
+                tunnel = _tunnel(stream, local, slot.stop, config)
+                await tunnel.run()
+                error = tunnel.error
+            except Exception:
+                logger.exception("%s: internal error", peer)
+                local.abort()
+                await stream.close(1011, "internal error")
+                error = "internal error"
+        log_end(peer, stream, loop.time() - started, error)
+
+    host, port = config.listen
+    try:
+        server = await start_tcp_server(on_client, host, port)
+    except OSError as exc:
+        logger.error("cannot listen on %s: %s", addr((host, port)), describe(exc))
+        return EXIT_ERROR
+    addresses = ", ".join(addr(sock.getsockname()) for sock in server.sockets)
+    logger.info("listening on %s (each connection tunnels to %s)", addresses, dialer.shown_uri)
+
+    async def stop() -> None:
+        server.close()
+        sessions.stop_all()
+        await sessions.wait(config.close_timeout + 1.5)
+
+    return await until_shutdown(
+        shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
+    )
+
+
+# cat
+
+
+async def cat(config: ClientConfig) -> int:
+    """Run ``ws-stream cat``: stdin -> WebSocket -> stdout; return the exit status."""
+    shutdown = Shutdown()
+    sessions = Sessions()
+    dialer = Dialer(config)
+    shutdown.requested.add_done_callback(lambda _: sessions.stop_all())
+    with stats_output(sessions, config.prog, config.stats_interval), sessions.session() as slot:
+        try:
+            stream = await unless_stopped(slot.stop, dialer.dial())
+        except Stopped:
+            return EXIT_OK
+        except ConnectionError as exc:
+            logger.error("cannot open %s: %s", dialer.shown_uri, exc)
+            return EXIT_ERROR
+        sessions.attach(slot, stream)
+        logger.info("connected to %s", dialer.shown_uri)
+        error = await _cat_session(stream, slot.stop, config, shutdown)
+        if error is not None:
+            logger.error("%s", error)  # before the --stats summary, which comes last
+    if error is not None:
+        return EXIT_ERROR
+    logger.info(
+        "closed: received %d bytes, sent %d bytes; close code %s",
+        stream.bytes_received,
+        stream.bytes_sent,
+        stream.close_code,
+    )
+    return EXIT_OK
+
+
+async def _cat_session(
+    stream: WsStream, stop: asyncio.Future[None], config: ClientConfig, shutdown: Shutdown
+) -> str | None:
+    stdio = await Stdio.open()
+    try:
+        tunnel = _tunnel(stream, stdio, stop, config)
+        await tunnel.run()
+        return tunnel.error
+    except asyncio.CancelledError:
+        if not shutdown.forced:
+            raise
+        stream.transport.abort()
+        return "interrupted"
+    finally:
+        stdio.abort()  # nothing left to do after a clean finish
+        stdio.restore()

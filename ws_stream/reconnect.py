@@ -243,14 +243,14 @@ def keepalive_options(policy: ReconnectPolicy, options: dict[str, Any]) -> dict[
 
 logger = logging.getLogger("ws_stream.reconnect")
 
-_FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 426})
+_FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 410, 426})
 
 
 def is_fatal(exc: BaseException) -> bool:
     """True for failures that retrying cannot fix (on a first attempt, raise at once).
 
     Fatal: an invalid URI or option (ValueError, TypeError), a handshake refused
-    with 400/401/403/404/405/410/426, a TLS certificate rejected. Transient:
+    with 400/401/403/404/405/407/410/426, a TLS certificate rejected. Transient:
     refused or reset connections, timeouts, HTTP 5xx, anything else.
     """
     if isinstance(exc, ValueError | TypeError):
@@ -468,7 +468,9 @@ class ReconnectMachine:
         """When the current connection times out if no frame arrives (None: no timeout).
 
         The idle clock starts at the latest of: the connection, the last frame
-        received, the last time the stream was seen not reading.
+        received, the last time the stream resumed reading after read
+        backpressure (``stats.read_resumed_at``, recorded by the stream when it
+        happens), the last time the stream was seen not reading.
         """
         idle = self.policy.idle_timeout
         if idle is None or self.current is None:
@@ -476,6 +478,7 @@ class ReconnectMachine:
         last = self.current.last_frame_at or self.connected_since
         if last is None:
             return None
-        if self._busy_at is not None:
-            last = max(last, self._busy_at)
+        for busy in (self._busy_at, self.current.read_resumed_at):
+            if busy is not None:
+                last = max(last, busy)
         return last + idle

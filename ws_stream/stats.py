@@ -15,7 +15,10 @@ class StreamStats:
     frame (data and control) from the peer, ``frames_sent`` the data frames we
     sent. ``last_latency`` is the round trip of the latest answered ping, in
     seconds (None before one). ``last_frame_at`` is the time (the runtime's
-    monotonic clock) of the latest frame from the peer.
+    monotonic clock) of the latest frame from the peer; ``read_resumed_at``
+    the time the stream last resumed reading the connection after read
+    backpressure (the application had let the buffer pass ``limit``): no frame
+    could arrive before it, which is not the peer's silence.
     """
 
     bytes_sent: int = 0
@@ -26,3 +29,4 @@ class StreamStats:
     pongs_received: int = 0
     last_latency: float | None = None
     last_frame_at: float | None = None
+    read_resumed_at: float | None = None

@@ -18,7 +18,7 @@ from ws_stream.reconnect import CloseError
 from ..rawpeer import BINARY, CLOSE, RawPeer, RawServer, close_payload
 from .helpers import stream_server
 
-IDLE = 0.5
+IDLE = 1.5  # generous: a loaded machine may stall a busy link for a moment
 
 
 def chunks() -> list[bytes]:
@@ -175,4 +175,33 @@ async def test_the_state_leaves_connected_when_the_reader_sees_an_error() -> Non
                 assert conn.state.status is Status.BACKING_OFF
                 assert isinstance(conn.state.last_error, ws_stream.AbnormalClosureError)
                 break
+        await conn.aclose()
+
+
+async def test_a_pause_no_watchdog_look_saw_is_not_silence() -> None:
+    """Reading paused and resumed between two looks of the idle watchdog.
+
+    The idle clock restarts when reading resumes (the stream records it), so the
+    idle close comes a whole idle_timeout after the application caught up, never
+    earlier. (A lower bound: a busy machine only makes it later.)
+    """
+    async with RawServer() as raw:
+        policy = ReconnectPolicy(Backoff(0.1, jitter=0), idle_timeout=1.0, max_attempts=1)
+        conn = ws_stream.reconnecting(raw.uri, policy=policy, limit=4096, close_timeout=0.5)
+        async for reader, _writer in conn:
+            loop = asyncio.get_running_loop()
+            peer = await raw.accept()
+            await asyncio.sleep(0.1)
+            for _ in range(20):
+                peer.send(BINARY, b"d" * 1000)  # 20 kB > limit: reading pauses
+            await peer.writer.drain()
+            await asyncio.sleep(0.75)  # the application is busy, not reading
+            got = 0
+            while got < 20000:
+                got += len(await reader.read(65536))
+            resumed = loop.time()
+            with pytest.raises(ws_stream.IdleTimeoutError):
+                await asyncio.wait_for(reader.read(100), 10)
+            assert loop.time() - resumed >= 0.95
+            break
         await conn.aclose()

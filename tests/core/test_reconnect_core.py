@@ -160,6 +160,22 @@ def test_idle_means_no_frame_while_reading() -> None:
     assert m.idle_check(114.0, reading_paused=False) == math.inf  # nothing left to watch
 
 
+def test_a_pause_between_two_looks_still_counts() -> None:
+    """Reading paused and resumed between two looks of the watchdog: not silence.
+
+    The stream records when it resumed reading (``stats.read_resumed_at``), so
+    a pause that no look saw still restarts the idle clock.
+    """
+    m = ReconnectMachine(ReconnectPolicy(idle_timeout=1.0))
+    stats = StreamStats()
+    m.connected(0.0, stats)
+    stats.last_frame_at = 0.0
+    assert m.idle_check(0.1, reading_paused=False) == 1.0
+    stats.read_resumed_at = 0.85  # paused from 0.15 to 0.85: no look saw it
+    assert m.idle_check(1.10, reading_paused=False) == 1.85
+    assert isinstance(m.idle_check(1.85, reading_paused=False), IdleTimeoutError)
+
+
 def test_without_idle_timeout_nothing_is_watched() -> None:
     m = ReconnectMachine(ReconnectPolicy())
     m.connected(0.0, StreamStats())

@@ -364,6 +364,7 @@ class WsTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
+            self.stats.read_resumed_at = self._loop.time()
             self._tcp.resume_reading()
 
     # asyncio.WriteTransport

@@ -221,8 +221,10 @@ class WsStream(trio.abc.Stream):
             # application does.
             with trio.move_on_at(self._close_deadline) as scope:
                 self._read_scope = scope
-                while len(self._chunks) > self._options.limit and not self._closed_locally:
-                    await self._space_lot.park()  # read backpressure: stop reading the socket
+                if len(self._chunks) > self._options.limit and not self._closed_locally:
+                    while len(self._chunks) > self._options.limit and not self._closed_locally:
+                        await self._space_lot.park()  # read backpressure: stop reading
+                    self.stats.read_resumed_at = trio.current_time()
                 try:
                     data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -187,8 +187,8 @@ async def start_tcp_source(
     """A TCP server on 127.0.0.1 that sends ``data`` to each client as fast as it can.
 
     ``then``: "close" ends its side after the data (a clean FIN); "silent" keeps
-    the connection open without sending anything more, until the client ends
-    it. Returns the server, its port and a list of how each connection ended
+    the connection open without sending anything more, even after the client's
+    EOF, for 5 s. Returns the server, its port and a list of how each connection ended
     from the server's side ("eof", "reset").
     """
     endings: list[str] = []
@@ -204,6 +204,10 @@ async def start_tcp_source(
             while await reader.read(65536):
                 pass
             endings.append("eof")
+            if then == "silent":
+                # Silent even after the client's EOF (which ws-stream serve passes
+                # on): the tunnel can only end by a timer of the client's.
+                await asyncio.sleep(5)
         except ConnectionError:
             endings.append("reset")
         finally:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -280,16 +281,25 @@ def test_stats_and_summary(cli: Start) -> None:
     serve = cli("serve", "--port", "0", "--stats", "--stats-interval", "0.2")
     port = serve.port()
     data = os.urandom(100_000)
-    result = run_cli(
-        "cat", "--stats", "--stats-interval", "0.2", f"ws://127.0.0.1:{port}/", input=data
+    cat = cli(
+        "cat",
+        "--stats",
+        "--stats-interval",
+        "0.2",
+        f"ws://127.0.0.1:{port}/",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
-    stderr = result.stderr.decode()
-    # The echo never closes: cat lingers 2 s (several intervals), then ends
-    # early, an error (exit 1) reported before the summary.
-    assert result.returncode == 1, stderr
-    assert "closed early (--linger)" in stderr
+    assert cat.proc.stdin is not None and cat.proc.stdout is not None
+    cat.proc.stdin.write(data)
+    cat.proc.stdin.flush()
+    time.sleep(1)  # several intervals with the session open
+    cat.proc.stdin.close()  # the echo ends after echoing everything: a clean end
+    assert cat.proc.stdout.read() == data
+    assert cat.wait(20) == 0, cat.stderr
+    stderr = cat.stderr
     assert "ws-stream cat: stats: " in stderr
-    assert stderr.splitlines()[-1].startswith("ws-stream cat: summary: 1 connection in "), stderr
+    assert cat.lines[-1].startswith("ws-stream cat: summary: 1 connection in "), stderr
     assert "received 100000 bytes" in stderr and "sent 100000 bytes" in stderr
     serve.wait_for(r"stats: 0 open, 1 total; received 100\.0 kB")
     serve.signal(signal.SIGTERM)

@@ -120,22 +120,66 @@ def test_a_tcp_reset_in_the_middle_of_data_is_1011_and_an_error() -> None:
     assert other.close[:2] == (1011, "the target connection failed") and other.error
 
 
-@pytest.mark.parametrize("ended", ["local eof", "close received", "close sent"])
+@pytest.mark.parametrize("ended", ["close received", "close sent", "peer eof (read)"])
 @pytest.mark.parametrize("exc", [ConnectionResetError(104, "x"), BrokenPipeError(32, "x")])
 def test_a_tcp_reset_after_a_direction_ended_is_a_normal_end(ended: str, exc: OSError) -> None:
     r = rules(role="client", linger=2.0)
-    if ended == "local eof":
-        r.local_eof(0.0)
-    elif ended == "close sent":
+    writing = True
+    if ended == "close sent":
         r.closing(Close(1000, ""))
-    failure = r.local_failed(exc, writing=True, ws_closing=ended == "close received")
-    assert failure.close[:2] == (1000, "")
+    elif ended == "peer eof (read)":
+        assert r.peer_eof() is True  # we half-closed the local side: its reset ends it
+        writing = False
+    failure = r.local_failed(exc, writing=writing, ws_closing=ended == "close received")
+    assert failure.close is not None and failure.close[:2] == (1000, "")
     assert failure.level == logging.INFO and failure.error is None
     assert "the client connection was reset after the end of the stream" in failure.message
     if ended != "close sent":
         r.closing(failure.close)
     # Clean: no error; the local side is reset anyway (its connection is gone).
     assert r.ending(peer_code=1000, peer_reason="", ws_error=None) == Ending(None, True)
+
+
+def test_a_write_reset_after_the_local_eof_waits_for_the_server() -> None:
+    """psql closes right after its terminate: the server's last bytes meet a reset."""
+    r = rules(role="client", linger=2.0)
+    r.local_eof(0.0)
+    failure = r.local_failed(BrokenPipeError(32, "x"), writing=True, ws_closing=False, now=1.0)
+    assert failure.close is None and failure.error is None and failure.level == logging.INFO
+    # The server sends nothing more and closes: a normal end.
+    assert r.ending(peer_code=1000, peer_reason="", ws_error=None) == Ending(None, True)
+    # Or it stays silent: the linger timer closes normally (nothing was lost).
+    quiet = rules(role="client", linger=2.0)
+    quiet.local_eof(0.0)
+    quiet.local_failed(BrokenPipeError(32, "x"), writing=True, ws_closing=False, now=1.0)
+    due = quiet.deadline()
+    assert due == 3.0
+    close = quiet.poll(due)
+    assert close is not None and close[:2] == (1000, "") and not close.early
+    quiet.closing(close)
+    assert quiet.ending(peer_code=1000, peer_reason="", ws_error=None).error is None
+
+
+def test_a_write_reset_after_the_local_eof_is_1011_when_the_server_still_sends() -> None:
+    r = rules(role="client", linger=2.0)
+    r.local_eof(0.0)
+    r.local_failed(ConnectionResetError(104, "x"), writing=True, ws_closing=False, now=1.0)
+    close = r.discarded(1.5, 65536)
+    assert close is not None and close[:2] == (1011, "the client connection was reset")
+    r.closing(close)
+    ending = r.ending(peer_code=1011, peer_reason="", ws_error=None)
+    assert ending.reset_local and ending.error is not None
+    assert "while the server was still sending" in ending.error
+    assert r.discarded(1.6, 10) is None  # decided once
+
+
+def test_the_peer_eof_marker_asks_for_one_half_close() -> None:
+    r = rules(role="target")
+    assert r.peer_eof() is True
+    assert r.peer_eof() is False
+    ended = rules(role="target")
+    assert ended.stop() is not None
+    assert ended.peer_eof() is False  # the tunnel is ending already
 
 
 def test_stdio_epipe_is_quiet_other_errors_fail_with_the_os_error() -> None:

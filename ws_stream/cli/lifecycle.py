@@ -188,8 +188,18 @@ async def unless_stopped(stop: asyncio.Future[None], coro: Coroutine[Any, Any, T
 
 
 def _install_signal_handlers(on_signal: Callable[[], None]) -> None:
+    """Handle :data:`STOP_SIGNALS`, except a SIGHUP that was ignored when we started.
+
+    ``nohup ws-stream serve`` starts with SIGHUP ignored so that the command
+    outlives its terminal: that choice is kept (as Python keeps an ignored
+    SIGINT).
+    """
     loop = asyncio.get_running_loop()
+    hup = getattr(signal, "SIGHUP", None)
     for sig in STOP_SIGNALS:
+        if sig == hup and signal.getsignal(sig) == signal.SIG_IGN:
+            logger.debug("SIGHUP is ignored (nohup): keeping it so")
+            continue
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
 

@@ -19,10 +19,25 @@ what to do. Decided here, once:
   see a clean end (the shell resets a TCP connection; ``cat`` exits 1 with
   the message). A close the user asked for is a clean end: a signal (1001),
   ``--max-bytes``, ``--linger 0`` (close at the local EOF at once).
+* **The end of the local input crosses the WebSocket** (:data:`EOF_MARKER`). A
+  WebSocket has no half-close, so when the local side of ``forward`` or
+  ``cat`` ends its input, the client sends a ping whose payload is
+  :data:`EOF_MARKER` (any peer answers it with a pong and ignores it);
+  ``serve`` reads it as "the client's input ended": it half-closes the
+  target's TCP connection once the bytes before it are written
+  (:meth:`TunnelRules.peer_eof`), and its echo closes with 1000 once it has
+  echoed them. So a target that answers at EOF (HTTP/1.0, ``nc -N``, a
+  database client's terminate) gets its EOF, and the tunnel ends with the
+  server's close, cleanly.
 * **How a local error maps to a close code, a log level and the outcome.**
-  A TCP reset after the session already ended a direction (the local EOF was
-  read, or a close was received or sent) is a normal end: logged at info, the
-  WebSocket closes with 1000. A reset or error in the middle of data closes
+  A TCP reset after the session already ended a direction is a normal end,
+  logged at info, closing with 1000: a reset of our read after the peer's
+  input ended (the EOF marker) or a close was received or sent; a reset of
+  our write after a close was received or sent. A reset of our write after
+  the local side's own EOF (a client that closed at once, as psql does after
+  its terminate) is a normal end only if nothing more is lost: the tunnel
+  waits for the server's close, and bytes the server still sends then make it
+  an error (1011). Any other reset or error, in the middle of data, closes
   with 1011 and fails the tunnel. On stdio, a broken pipe on stdout (EPIPE:
   the reader has what it wanted) is a quiet end, any other error on stdout or
   stdin is a failure with the OS error.
@@ -42,8 +57,11 @@ import logging
 import math
 from typing import Final, Literal, NamedTuple
 
+from ..reconnect import NORMAL_CLOSE_CODES
+
 __all__ = [
     "CLEAN_CODES",
+    "EOF_MARKER",
     "SHUTDOWN",
     "Close",
     "Ending",
@@ -56,7 +74,11 @@ __all__ = [
 LocalKind = Literal["tcp", "stdio"]
 
 #: Close codes that end a stream cleanly (as websockets' OK_CLOSE_CODES).
-CLEAN_CODES: Final = frozenset({1000, 1001, 1005})
+CLEAN_CODES: Final = NORMAL_CLOSE_CODES
+
+#: The payload of the ping a ``ws-stream`` client sends when its local input
+#: ends: the half-close a WebSocket does not have (see the module docstring).
+EOF_MARKER: Final = b"ws-stream:eof"
 _RESETS: Final = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
@@ -77,13 +99,15 @@ class Close(NamedTuple):
 class LocalFailure(NamedTuple):
     """What a failed local read or write means.
 
-    ``close``: what the WebSocket closes with (unless a close is under way).
+    ``close``: what the WebSocket closes with (unless a close is under way);
+    None: no close yet (the local side is gone after its EOF: the tunnel
+    waits for the server's close, see :meth:`TunnelRules.discarded`).
     ``message``: to log at ``level`` now (debug when ``error`` is set: the
     end of the tunnel reports it). ``error``: the tunnel failed (a warning at
     its end, exit status 1 for ``cat``); None when this is a normal end.
     """
 
-    close: Close
+    close: Close | None
     level: int
     message: str
     error: str | None
@@ -132,6 +156,8 @@ class TunnelRules:
         self._unblocked_at = now  # the local side last took what we wrote
         self._writing = False  # a local write is pending
         self._eof_at: float | None = None
+        self._peer_eof = False  # the WebSocket peer's input ended (EOF_MARKER)
+        self._gone_at: float | None = None  # our write failed after the local EOF
         self._closed = False  # a close decision was returned: no more timers
         self.close_sent: Close | None = None
         self.local_error: str | None = None
@@ -174,6 +200,32 @@ class TunnelRules:
             return self._decide(Close(1000, "", f"{self.role}: EOF: closing"))
         return None
 
+    def peer_eof(self) -> bool:
+        """The WebSocket peer's input ended (a ping carrying :data:`EOF_MARKER`).
+
+        Returns True when the shell must half-close the local side (TCP
+        ``write_eof``; stdout: close it) once every byte received before the
+        marker is written; False when the tunnel is ending already.
+        """
+        if self._closed or self._peer_eof:
+            return False
+        self._peer_eof = True
+        return True
+
+    def discarded(self, now: float, size: int) -> Close | None:
+        """``size`` bytes from the server had nowhere to go (the local side failed).
+
+        After a reset of our write that followed the local EOF, that is data
+        lost: the tunnel fails with 1011.
+        """
+        if self._gone_at is None or self.local_error is not None:
+            return None
+        self.local_error = (
+            f"the {self.role} reset the connection after its EOF while the server was still "
+            f"sending ({size} more bytes lost)"
+        )
+        return self._decide(Close(1011, f"the {self.role} connection was reset"))
+
     def stop(self) -> Close | None:
         """The process stops (SIGINT, SIGTERM, SIGHUP): close with 1001, a clean end."""
         return self._decide(SHUTDOWN)
@@ -182,8 +234,10 @@ class TunnelRules:
         """The shell sent ``close`` (no close from the server had arrived before)."""
         self.close_sent = close
 
-    def local_failed(self, exc: OSError, *, writing: bool, ws_closing: bool) -> LocalFailure:
-        """A local read (``writing`` False) or write failed with ``exc``.
+    def local_failed(
+        self, exc: OSError, *, writing: bool, ws_closing: bool, now: float | None = None
+    ) -> LocalFailure:
+        """A local read (``writing`` False) or write failed with ``exc`` at ``now``.
 
         ``ws_closing``: a close was received from the server or sent already.
         """
@@ -201,8 +255,21 @@ class TunnelRules:
                 )
             error = f"cannot read stdin: {what}"
             return self._fail(Close(1011, "cannot read the input"), logging.DEBUG, error, error)
-        ended = self._eof_at is not None or ws_closing or self.close_sent is not None
+        closing = ws_closing or self.close_sent is not None
+        ended = closing or (not writing and self._peer_eof)
         if isinstance(exc, _RESETS):
+            if writing and not closing and self._eof_at is not None:
+                # The local side closed right after its EOF (e.g. psql after its
+                # terminate): a normal end unless the server still sends.
+                self._gone_at = self._last_any if now is None else now
+                self._unblocked_at = max(self._unblocked_at, self._gone_at)  # silence from here
+                return LocalFailure(
+                    None,
+                    logging.INFO,
+                    f"the {self.role} connection was reset after its EOF ({what}): "
+                    "waiting for the server's close",
+                    None,
+                )
             if ended:
                 message = (
                     f"the {self.role} connection was reset after the end of the stream "
@@ -233,6 +300,10 @@ class TunnelRules:
         due = self.deadline()
         if due is None or now < due:
             return None
+        if self._gone_at is not None:
+            # Nothing was lost after the local side went away: a normal end.
+            why = f"the {self.role} is gone and the server sent nothing more: closing"
+            return self._decide(Close(1000, "", why))
         if self._eof_at is not None and 0 < self.linger < math.inf:
             linger_due = max(self._last_received, self._eof_at, self._unblocked_at) + self.linger
             if now >= linger_due:

@@ -18,19 +18,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
-from ..asyncio import WsStream
+from websockets.exceptions import ConnectionClosed
+
+from ..asyncio import EventStream, WsStream
+from ..events import Event, PingReceived
 from .endpoints import Endpoint
 from .report import describe
-from .rules import Close, TunnelRules
+from .rules import EOF_MARKER, Close, TunnelRules
 
-__all__ = ["WS_READ", "Tunnel"]
+__all__ = ["WS_READ", "Tunnel", "send_eof_marker", "watch_eof_marker"]
 
 logger = logging.getLogger(__name__)
 
 #: Largest read from a WebSocket reader: at least one whole frame, so frames
 #: are handed over without copying.
 WS_READ = 2**20
+
+
+async def send_eof_marker(stream: WsStream) -> None:
+    """Tell the server that the local input ended: a ping carrying :data:`EOF_MARKER`.
+
+    Any WebSocket peer answers it with a pong; ``ws-stream serve`` also
+    half-closes its target (see :mod:`.rules`). Never raises: a connection
+    that is closing needs no marker.
+    """
+    logger.debug("the local input ended: telling the server (EOF marker ping)")
+    with contextlib.suppress(ConnectionClosed, ConnectionError, RuntimeError):
+        await stream.websocket.ping(EOF_MARKER)
+
+
+async def watch_eof_marker(events: EventStream[Event], on_marker: Callable[[], None]) -> None:
+    """Call ``on_marker`` when the peer's :data:`EOF_MARKER` ping arrives; then return.
+
+    ``events``: the stream's events, subscribed early enough (events are not
+    kept for later subscribers). Every byte the peer sent before the marker is
+    in the stream's reader by then (frames are decided in order): the caller
+    half-closes its output once the reader is drained. Closes ``events``.
+    """
+    try:
+        async for event in events:
+            if isinstance(event, PingReceived) and event.data == EOF_MARKER:
+                logger.debug("the peer's input ended (EOF marker ping)")
+                on_marker()
+                return
+    finally:
+        events.close()
 
 
 class Tunnel:
@@ -61,8 +95,12 @@ class Tunnel:
         linger: float = 0.0,
         idle_timeout: float | None = None,
         max_bytes: int | None = None,
+        events: EventStream[Event] | None = None,
     ) -> None:
         self.stream = stream
+        # The peer's EOF marker is watched from here (or from when the caller
+        # subscribed ``events``, to miss none that came earlier).
+        self._events = events if events is not None else stream.events()
         self.local = local
         self._stop = stop
         self._close_timeout = close_timeout
@@ -81,6 +119,10 @@ class Tunnel:
         self._timer: asyncio.TimerHandle | None = None
         self._ws_error: ConnectionError | None = None
         self._local_late = False
+        self._local_gone = False  # a local write failed: what arrives is discarded
+        self._writing_local = False
+        self._eof_pending = False  # the peer's input ended: half-close the local side
+        self._marker: asyncio.Task[None] | None = None
         #: Why the tunnel did not end cleanly; None when it did.
         self.error: str | None = None
 
@@ -89,6 +131,9 @@ class Tunnel:
         try:
             async with asyncio.timeout(None) as self._deadline:
                 self._up = asyncio.create_task(self._local_to_ws())
+                self._marker = asyncio.create_task(
+                    watch_eof_marker(self._events, self._on_peer_eof)
+                )
                 self._stop.add_done_callback(self._on_stop)
                 self._arm()
                 await self._ws_to_local()
@@ -100,10 +145,11 @@ class Tunnel:
             self._stop.remove_done_callback(self._on_stop)
             if self._timer is not None:
                 self._timer.cancel()
-            if self._up is not None:
-                self._up.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._up
+            for task in (self._up, self._marker):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         await self._end()
 
     async def _ws_to_local(self) -> None:
@@ -121,20 +167,25 @@ class Tunnel:
             if not data:
                 return
             if discarding:
+                if self._local_gone:
+                    self._decided(rules.discarded(loop.time(), len(data)))
                 continue
             size, close = rules.received(loop.time(), len(data))
             if size < len(data):
                 data = data[:size]
             rules.local_write_started(loop.time())
+            self._writing_local = True
             try:
                 local.write(data)
                 await local.drain()
             except OSError as exc:
-                discarding = True
+                discarding = self._local_gone = True
                 self._local_failed(exc, writing=True)
                 continue
             finally:
+                self._writing_local = False
                 rules.local_write_finished(loop.time())
+            self._maybe_send_local_eof()
             if self._timer is None:
                 self._arm()  # a timer waits while the local side is not taking bytes
             if close is not None:
@@ -156,6 +207,7 @@ class Tunnel:
                     self._begin_close(close)
                 else:
                     self._arm()
+                    await send_eof_marker(self.stream)
                 return
             if writer.is_closing():
                 return  # the peer closed: _ws_to_local sees how
@@ -196,10 +248,33 @@ class Tunnel:
 
     def _local_failed(self, exc: OSError, *, writing: bool) -> None:
         failure = self.rules.local_failed(
-            exc, writing=writing, ws_closing=self.stream.writer.is_closing()
+            exc, writing=writing, ws_closing=self.stream.writer.is_closing(), now=self._loop.time()
         )
         logger.log(failure.level, "%s", failure.message)
-        self._begin_close(failure.close)
+        if failure.close is not None:
+            self._begin_close(failure.close)
+        else:
+            self._arm()  # the local side is gone: wait for the server's close
+
+    def _decided(self, close: Close | None) -> None:
+        if close is not None:
+            self._begin_close(close)
+
+    def _on_peer_eof(self) -> None:
+        if self.rules.peer_eof():
+            self._eof_pending = True
+            self._maybe_send_local_eof()
+
+    def _maybe_send_local_eof(self) -> None:
+        """Half-close the local side once every byte before the peer's EOF marker is written."""
+        if not self._eof_pending or self._writing_local or self.stream.reader.buffered:
+            return
+        self._eof_pending = False
+        logger.debug("%s: the peer's input ended: passing the EOF on", self.local.role)
+        try:
+            self.local.send_eof()
+        except OSError as exc:
+            self._local_failed(exc, writing=True)
 
     def _begin_close(self, close: Close | None) -> None:
         """Send a close frame; the WebSocket reader still delivers until the peer's close.

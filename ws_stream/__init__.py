@@ -2,7 +2,15 @@
 
 from . import events
 from ._options import StreamOptions
-from .asyncio import EventStream, Server, WsStream, connect_stream, open_connection, start_server
+from .asyncio import (
+    EventStream,
+    Server,
+    WsStream,
+    connect_stream,
+    open_connection,
+    start_server,
+    start_unix_server,
+)
 from .asyncio.reconnect import Reconnecting, reconnecting
 from .exceptions import (
     AbnormalClosureError,
@@ -44,6 +52,7 @@ __all__ = [
     "open_connection",
     "reconnecting",
     "start_server",
+    "start_unix_server",
 ]
 
 __version__ = "0.1.0"

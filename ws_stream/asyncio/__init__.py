@@ -2,7 +2,7 @@
 
 from ._reader import ChunkedStreamReader
 from .client import connect_stream, open_connection
-from .server import Server, start_server
+from .server import Server, start_server, start_unix_server
 from .stream import EventStream, WsStream
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "connect_stream",
     "open_connection",
     "start_server",
+    "start_unix_server",
 ]

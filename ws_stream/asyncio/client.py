@@ -7,7 +7,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from .._handshake import handshake_failure
+from .._handshake import handshake_failure, proxy_in_use
 from .._options import split_options
 from .stream import WsStream
 
@@ -23,7 +23,7 @@ async def connect_stream(uri: str, **options: Any) -> WsStream:
     try:
         websocket: ClientConnection = await connect(uri, **opts.websockets_kwargs(), **rest)
     except Exception as exc:
-        mapped = handshake_failure(exc, uri)
+        mapped = handshake_failure(exc, uri, proxy=proxy_in_use(uri, rest))
         if mapped is None:
             raise
         raise mapped from exc
@@ -53,6 +53,13 @@ async def open_connection(
         TimeoutError: no handshake within ``open_timeout``.
         OSError: the TCP connection failed (refused, unreachable...).
         ValueError: ``uri`` is not a ws:// or wss:// URI, or an option is invalid.
+
+    Through a proxy (``proxy=URL``, or by default the one the environment sets:
+    ``https_proxy``, ``socks_proxy``...; SOCKS needs ``ws-stream[socks]``), a
+    failure of the proxy names it (without its credentials) and says how: an
+    :class:`OSError` when it cannot be reached, a :class:`HandshakeError` when it
+    refused the tunnel (``.status`` is the proxy's HTTP status, 407 for
+    credentials) or a SOCKS error.
     """
     stream = await connect_stream(uri, **options)
     return stream.reader, stream.writer

@@ -1,10 +1,11 @@
-"""start_server(): a WebSocket server whose connections are reader/writer pairs."""
+"""start_server(), start_unix_server(): WebSocket servers of reader/writer pairs."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from .._options import split_options
 from .stream import WsStream
 
-__all__ = ["Server", "start_server"]
+__all__ = ["Server", "start_server", "start_unix_server"]
 
 logger = logging.getLogger("ws_stream.asyncio")
 
@@ -42,6 +43,37 @@ async def start_server(
     context manager with ``close()``, ``wait_closed()``, ``serve_forever()``
     and ``sockets``.
     """
+    return await _serve(client_connected_cb, options, host=host, port=port)
+
+
+async def start_unix_server(
+    client_connected_cb: ClientConnectedCallback,
+    path: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Server:
+    """Start a WebSocket server on a Unix socket; like :func:`asyncio.start_unix_server`.
+
+    The same as :func:`start_server`, listening on the Unix socket ``path``
+    instead of a host and port: for a server behind a reverse proxy on the
+    same machine (nginx's ``proxy_pass http://unix:/path:``). ``sock=`` (a
+    bound ``AF_UNIX`` stream socket, for example one given its permissions
+    before ``listen()``) replaces ``path``.
+
+    As with asyncio, a socket file already at ``path`` is replaced, and the
+    file is left in place when the server closes: the caller removes it.
+    Only available on Unix.
+
+    Raises:
+        OSError: the socket cannot be created or bound (``path`` too long,
+            missing directory, no permission...).
+        ValueError: an option is invalid.
+    """
+    return await _serve(client_connected_cb, options, unix=True, path=path)
+
+
+async def _serve(
+    client_connected_cb: ClientConnectedCallback, options: dict[str, Any], **where: Any
+) -> Server:
     opts, rest = split_options(options)
 
     async def handler(websocket: ServerConnection) -> None:
@@ -56,4 +88,4 @@ async def start_server(
         # As with asyncio, the connection lives until someone closes it.
         await stream.wait_closed()
 
-    return await serve(handler, host, port, **opts.websockets_kwargs(), **rest)
+    return await serve(handler, **where, **opts.websockets_kwargs(), **rest)

@@ -88,7 +88,7 @@ class WsStream:
         return f"<WsStream {self._websocket.protocol.side.name.lower()} {self._websocket.id}>"
 
     @property
-    def reader(self) -> asyncio.StreamReader:
+    def reader(self) -> ChunkedStreamReader:
         """The incoming bytes: every binary payload, in order, frame boundaries gone."""
         return self._reader
 

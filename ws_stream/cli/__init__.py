@@ -16,6 +16,7 @@ This package exposes the entry points only: :func:`main` (the
 * :mod:`.endpoints`: the local side of a tunnel (TCP, stdin/stdout);
 * :mod:`.tunnel`: the I/O driver of one tunnel, which feeds the rules;
 * :mod:`.serve`: the ``serve`` sub-command;
+* :mod:`.workers`: ``serve --workers N``, N processes on one port;
 * :mod:`.client`: ``forward``, ``cat`` and the dialer;
 * :mod:`.lifecycle`: signals, shutdown, the registry of live sessions, exit
   statuses;
@@ -60,6 +61,7 @@ from .client import cat, forward
 from .lifecycle import EXIT_ERROR, EXIT_OK, reserve_stdio
 from .report import configure_logging
 from .serve import serve
+from .workers import run_workers
 
 __all__ = ["build_parser", "main"]
 
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_level = logging.WARNING if config.command == "cat" else logging.INFO
     configure_logging(config.prog, default_level, config.verbose, config.quiet)
     try:
+        if isinstance(config, ServeConfig) and config.workers > 1:
+            return run_workers(config)  # forks: before any event loop exists
         return asyncio.run(_run(config))
     except KeyboardInterrupt:  # before the signal handlers were installed
         return EXIT_OK

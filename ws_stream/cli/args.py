@@ -21,14 +21,18 @@ import argparse
 import math
 import os
 import re
+import socket
 import ssl
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from .. import __version__
+from .._options import StreamOptions
 from ..reconnect import ReconnectPolicy
+from .proxy import DIRECT, ENVIRONMENT_HELP, ProxyChoice, choose_proxy, proxy_url
 from .report import describe
 
 __all__ = [
@@ -39,9 +43,12 @@ __all__ = [
     "ForwardConfig",
     "HostPort",
     "ServeConfig",
+    "TargetTls",
+    "UnixAddress",
     "build_parser",
     "config_from_args",
     "parse_config",
+    "workers_problem",
 ]
 
 Command = Literal["serve", "forward", "cat"]
@@ -52,6 +59,18 @@ class HostPort(NamedTuple):
 
     host: str
     port: int
+
+
+class UnixAddress(NamedTuple):
+    """A Unix-socket address from the command line (``--to unix:PATH``, ``--listen unix:PATH``).
+
+    ``path`` is checked: not empty, no NUL, within the system's length limit.
+    """
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
 
 
 #: ``forward --reconnect`` presets: the policies of the reconnecting API.
@@ -77,6 +96,10 @@ class CommonConfig:
     stats_interval: float | None
     #: Longest closing handshake, also at shutdown.
     close_timeout: float
+    #: ``--ping-interval``: seconds between keepalive pings; None: no pings.
+    ping_interval: float | None = 20.0
+    #: ``--ping-timeout``: seconds to wait for the pong (then close 1011); None: forever.
+    ping_timeout: float | None = 20.0
 
     @property
     def prog(self) -> str:
@@ -90,8 +113,8 @@ class ServeConfig(CommonConfig):
 
     host: str
     port: int
-    #: ``--to``: the one TCP target of every connection; None: echo.
-    target: HostPort | None
+    #: ``--to``: the one target (TCP or Unix socket) of every connection; None: echo.
+    target: HostPort | UnixAddress | None
     #: ``--path``: the only request path accepted; None: any.
     path: str | None
     #: ``--origin`` values; empty: any origin.
@@ -102,17 +125,39 @@ class ServeConfig(CommonConfig):
     max_connections: int | None
     #: ``--subprotocol`` values, besides ``binary`` (always accepted).
     subprotocols: tuple[str, ...]
+    #: ``--unix``: listen on this Unix socket instead of ``host``:``port``.
+    unix: UnixAddress | None = None
+    #: ``--mode``: permissions of the ``--unix`` socket file; None: as the umask makes them.
+    mode: int | None = None
+    #: ``--to-tls``: TLS to the target; None: plain TCP (or Unix socket).
+    target_tls: TargetTls | None = None
+    #: ``--workers``: processes sharing the port (:mod:`.workers`); 1: this process alone.
+    workers: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetTls:
+    """``serve --to-tls``: the target is reached over TLS, its certificate verified.
+
+    ``context`` verifies the chain (the system's CAs, or ``--to-cafile``'s
+    only) and the name; ``server_name`` is that name (``--to-server-name``,
+    default the ``--to`` host), also sent as SNI unless it is an IP address.
+    """
+
+    context: ssl.SSLContext = field(repr=False)
+    server_name: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig(CommonConfig):
     """A client of ``ws-stream serve``: ``cat`` (and, with a listen address, ``forward``)."""
 
-    #: May hold ``user:password@``: shown only through :func:`~.report.redact`.
+    #: May hold ``user:password@``: shown only through :func:`ws_stream._handshake.redact`.
     uri: str = field(repr=False)
     #: Extra handshake headers, the ``Authorization`` of the bearer token included.
     headers: tuple[tuple[str, str], ...] = field(repr=False)
-    #: From ``--cafile`` (wss:// only); None: the default trust store.
+    #: From ``--cafile``, ``--insecure``, ``--client-cert``/``--client-key`` (wss://
+    #: only); None: the default trust store, no client certificate.
     ssl_context: ssl.SSLContext | None
     send_on_connect: bytes | None
     #: The tunnel's timers and limit (see :class:`~.rules.TunnelRules`).
@@ -121,13 +166,23 @@ class ClientConfig(CommonConfig):
     max_bytes: int | None
     #: ``forward --reconnect``: retry opening each WebSocket; None: one attempt.
     reconnect: ReconnectPolicy | None = None
+    #: The proxy of every connection: ``--proxy``, the environment's, or none
+    #: (``--no-proxy``, or none configured) (see :mod:`.proxy`).
+    proxy: ProxyChoice = DIRECT
+    #: ``--insecure``: the server's certificate is not verified (``ssl_context``
+    #: skips it); every connection logs a warning.
+    insecure: bool = False
+    #: ``--subprotocol`` values, offered in this order; empty: none offered.
+    subprotocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
 class ForwardConfig(ClientConfig):
     """``ws-stream forward``."""
 
-    listen: HostPort
+    listen: HostPort | UnixAddress
+    #: ``--mode``: permissions of a ``unix:`` listening socket; None: as the umask makes them.
+    mode: int | None = None
 
 
 Config = ServeConfig | ClientConfig
@@ -167,15 +222,63 @@ def _split_host_port(text: str, default_host: str | None) -> HostPort:
     return HostPort(host, _port(port_text))
 
 
-def _target(text: str) -> HostPort:
+def _target(text: str) -> HostPort | UnixAddress:
+    if text.startswith("unix:"):
+        return _unix_path(text[5:], text)
     address = _split_host_port(text, None)
     if address.port == 0:
         raise argparse.ArgumentTypeError(f"the target port cannot be 0 in {text!r}")
     return address
 
 
-def _listen(text: str) -> HostPort:
+def _listen(text: str) -> HostPort | UnixAddress:
+    if text.startswith("unix:"):
+        return _unix_path(text[5:], text)
     return _split_host_port(text, "127.0.0.1")
+
+
+#: Longest Unix socket path: ``sun_path`` less its NUL (108 bytes on Linux, 104 elsewhere).
+_UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+
+def _unix_path(path: str, given: str) -> UnixAddress:
+    if not path:
+        raise argparse.ArgumentTypeError(
+            f"expected unix:PATH (for example unix:/run/ws-stream.sock), got {given!r}: "
+            "the path is missing"
+        )
+    if "\0" in path:
+        raise argparse.ArgumentTypeError(f"a Unix socket path cannot contain NUL: {given!r}")
+    size = len(os.fsencode(path))
+    if size > _UNIX_PATH_MAX:
+        raise argparse.ArgumentTypeError(
+            f"the Unix socket path {path!r} is {size} bytes long; this system allows "
+            f"{_UNIX_PATH_MAX}: use a shorter path"
+        )
+    return UnixAddress(path)
+
+
+def _unix_listen(text: str) -> UnixAddress:
+    """``serve --unix``: a PATH, or unix:PATH like ``--to``."""
+    return _unix_path(text.removeprefix("unix:"), text)
+
+
+_MODE = re.compile(r"(?:0o?)?([0-7]{1,3})")
+
+
+def _mode(text: str) -> int:
+    match = _MODE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected octal permissions such as 0600 or 0660, got {text!r}"
+        )
+    mode = int(match.group(1), 8)
+    if not mode & 0o222:
+        raise argparse.ArgumentTypeError(
+            f"{text} lets nobody connect: connecting to a Unix socket needs write "
+            "permission (for example 0600, or 0660 for a group)"
+        )
+    return mode
 
 
 def _seconds(text: str) -> float:
@@ -224,6 +327,15 @@ def _header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _subprotocol(text: str) -> str:
+    if not _TOKEN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a subprotocol name (an HTTP token: letters, digits and !#$%&'*+-.^_`|~), "
+            f"got {text!r}"
+        )
+    return text
+
+
 def _ws_uri(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -253,6 +365,12 @@ def _data(text: str) -> bytes:
 
 # The parser
 
+
+#: ``serve``'s default address (``--host``, ``--port``).
+_SERVE_HOST = "127.0.0.1"
+_SERVE_PORT = 8765
+#: The library's keepalive defaults, which ``--ping-interval``/``--ping-timeout`` keep.
+_KEEPALIVE = StreamOptions()
 
 _DESCRIPTION = """\
 A WebSocket that looks exactly like a TCP connection, from the command line.
@@ -288,12 +406,20 @@ the target after the session ended a direction (the target's EOF, or a close
 received or sent) is a normal end: logged at info, closed with 1000.
 
 The first line on stderr (unless -q) is `listening on ws://HOST:PORT/ (...)`,
-with the real port when --port is 0. Each connection is logged when it ends:
+with the real port when --port is 0 (with --unix: `listening on unix:PATH
+(...)`). Each connection is logged when it ends:
 peer, duration, bytes each way, close codes. SIGINT/SIGTERM/SIGHUP stop
 accepting, close every connection with 1001 and exit 0 within --close-timeout.
+
+With --workers N, N processes share the port (SO_REUSEPORT, Linux): the parent
+prints the listening line once (`...; N workers, pids ...)`), each worker's lines
+start with `ws-stream serve worker I:`, a signal to the parent stops them all,
+--stats sums them, and --max-connections is one total for all of them. A worker
+that dies stops the others: exit 1.
 """
 
-_CLIENT_EPILOG = """\
+_CLIENT_EPILOG = (
+    """\
 When the local side ends (EOF on stdin for cat, a half-close by a TCP client
 for forward), the WebSocket stays open until the server closes (a clean end),
 or until it has sent nothing for --linger seconds (default 2; 0 closes at
@@ -308,7 +434,10 @@ client after its EOF is a normal end (logged at info, closed with 1000).
 
 The bearer token (--bearer or WS_STREAM_BEARER, which keeps it out of `ps`) is
 sent as `Authorization: Bearer TOKEN` and never logged.
+
 """
+    + ENVIRONMENT_HELP
+)
 
 _CAT_EPILOG = (
     _CLIENT_EPILOG
@@ -353,6 +482,22 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="S",
         help="longest wait for a closing handshake, also at shutdown (default: 10)",
     )
+    keepalive = common.add_argument_group("keepalive")
+    keepalive.add_argument(
+        "--ping-interval",
+        type=_seconds,
+        metavar="S",
+        help="send a WebSocket ping every S seconds; pings are traffic, so they also keep "
+        "proxies and load balancers from cutting an idle tunnel: keep S below their idle "
+        "timeout (default: 20; 0: no pings)",
+    )
+    keepalive.add_argument(
+        "--ping-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close the connection with 1011 when a ping gets no answer within S seconds "
+        "(a dead peer or network path) (default: 20; 0: wait forever)",
+    )
     return common
 
 
@@ -371,9 +516,6 @@ def _client_options() -> argparse.ArgumentParser:
         "--bearer",
         metavar="TOKEN",
         help="send `Authorization: Bearer TOKEN` (default: $WS_STREAM_BEARER); never logged",
-    )
-    group.add_argument(
-        "--cafile", metavar="FILE", help="trust the CA certificates in FILE (wss:// only)"
     )
     group.add_argument(
         "--send-on-connect",
@@ -403,6 +545,51 @@ def _client_options() -> argparse.ArgumentParser:
         "(an early end: an error exit / a reset) (default: 2; 0: at once, a clean end; "
         "inf: wait for the server)",
     )
+    group.add_argument(
+        "--subprotocol",
+        type=_subprotocol,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer this subprotocol (repeatable, in order of preference); the one the "
+        "server selects is logged at -v",
+    )
+    # Not a mutually exclusive group: argparse moves those out of their
+    # argument group in a parent parser; config_from_args checks the pair.
+    proxy = client.add_argument_group("proxy (see below for the environment variables)")
+    proxy.add_argument(
+        "--proxy",
+        type=proxy_url,
+        metavar="URL",
+        help="connect through this proxy: http://HOST:PORT or https://HOST:PORT (HTTP "
+        "CONNECT), socks5://HOST:PORT (this machine resolves the server's name) or "
+        "socks5h://HOST:PORT (the proxy resolves it); USER:PASSWORD@ before HOST if the "
+        "proxy wants them (default: from the environment)",
+    )
+    proxy.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="connect directly, ignoring the proxy environment variables",
+    )
+    tls = client.add_argument_group("TLS (wss:// only)")
+    tls.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in FILE (PEM)")
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (its chain and name): anyone on the "
+        "path can read and change the tunnel; a warning is logged on every connection",
+    )
+    tls.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="present this client certificate chain (PEM) to servers that require one "
+        "(mutual TLS); the file may also hold the key",
+    )
+    tls.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="the private key (PEM, unencrypted) of --client-cert, if not in that file",
+    )
     return client
 
 
@@ -431,20 +618,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_SERVE_EPILOG + "\n" + _EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
+    serve.add_argument("--host", help=f"address to listen on (default: {_SERVE_HOST})")
     serve.add_argument(
         "--port",
         type=_port,
-        default=8765,
-        help="port to listen on; 0 picks one (default: %(default)s)",
+        help=f"port to listen on; 0 picks one (default: {_SERVE_PORT})",
+    )
+    serve.add_argument(
+        "--unix",
+        type=_unix_listen,
+        metavar="PATH",
+        help="listen on this Unix socket instead of --host/--port (behind a reverse proxy "
+        "on the same machine); a stale socket file there is replaced, any other file is an "
+        "error; removed at exit",
+    )
+    serve.add_argument(
+        "--mode",
+        type=_mode,
+        metavar="MODE",
+        help="with --unix: permissions of the socket file, in octal (for example 0660: "
+        "the proxy's group may connect) (default: from the umask)",
     )
     serve.add_argument(
         "--to",
         type=_target,
-        metavar="HOST:PORT",
-        help="bridge every connection to this TCP target (default: echo)",
+        metavar="HOST:PORT|unix:PATH",
+        help="bridge every connection to this target: a TCP address or a Unix socket "
+        "(default: echo)",
     )
     serve.add_argument("--path", help="accept this request path only (others get 404)")
     serve.add_argument(
@@ -460,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=_positive_int,
         metavar="N",
-        help="refuse handshakes beyond N open connections with HTTP 503",
+        help="refuse handshakes beyond N open connections with HTTP 503 "
+        "(in total, over all --workers)",
     )
     serve.add_argument(
         "--subprotocol",
@@ -468,6 +669,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="also accept this subprotocol (repeatable; `binary` always is)",
+    )
+    target_tls = serve.add_argument_group("TLS to the target")
+    target_tls.add_argument(
+        "--to-tls",
+        action="store_true",
+        help="connect to the --to target over TLS, verifying its certificate chain and "
+        "name (a refused certificate closes the WebSocket with 1014, as an unreachable "
+        "target does)",
+    )
+    target_tls.add_argument(
+        "--to-cafile",
+        metavar="FILE",
+        help="with --to-tls: trust only the CA certificates in FILE (PEM) instead of the "
+        "system's",
+    )
+    target_tls.add_argument(
+        "--to-server-name",
+        metavar="NAME",
+        help="with --to-tls: the name the target's certificate must carry, also sent as "
+        "SNI (default: the --to host; required for a unix: target)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N processes sharing the listening port (SO_REUSEPORT, Linux only); "
+        "signals, --stats and --max-connections cover all of them (default: 1)",
     )
     serve.set_defaults(parser=serve)
 
@@ -483,8 +712,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         type=_listen,
         required=True,
-        metavar="HOST:PORT",
-        help="local TCP address (a bare PORT means 127.0.0.1:PORT; 0 picks one)",
+        metavar="HOST:PORT|unix:PATH",
+        help="local TCP address (a bare PORT means 127.0.0.1:PORT; 0 picks one), or a Unix "
+        "socket (a stale socket file there is replaced, any other file is an error; removed "
+        "at exit)",
+    )
+    forward.add_argument(
+        "--mode",
+        type=_mode,
+        metavar="MODE",
+        help="with --listen unix:PATH: permissions of the socket file, in octal "
+        "(for example 0600: only this user) (default: from the umask)",
     )
     forward.add_argument(
         "--reconnect",
@@ -542,18 +780,39 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         "quiet": args.quiet,
         "stats_interval": args.stats_interval if args.stats else None,
         "close_timeout": args.close_timeout,
+        **_keepalive(args, parser),
     }
     if args.command == "serve":
         return _serve_config(args, parser, common)
     client = _client_config(args, parser, os.environ if environ is None else environ)
     if args.command == "forward":
-        return ForwardConfig(**common, **client, listen=args.listen)
+        if args.mode is not None and not isinstance(args.listen, UnixAddress):
+            parser.error("--mode applies to a Unix socket only: --listen unix:PATH")
+        return ForwardConfig(**common, **client, listen=args.listen, mode=args.mode)
     return ClientConfig(**common, **client)
+
+
+def _keepalive(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """``ping_interval`` and ``ping_timeout`` of the config: 0 (off) becomes None."""
+    interval = args.ping_interval
+    if interval is None:
+        interval = _KEEPALIVE.ping_interval
+    if interval == 0 and args.ping_timeout is not None:
+        parser.error(
+            "--ping-timeout needs pings: with --ping-interval 0 none are sent "
+            "(drop --ping-timeout, or give --ping-interval a number of seconds)"
+        )
+    timeout = args.ping_timeout if args.ping_timeout is not None else _KEEPALIVE.ping_timeout
+    return {"ping_interval": interval or None, "ping_timeout": timeout or None}
 
 
 def _serve_config(
     args: argparse.Namespace, parser: argparse.ArgumentParser, common: dict[str, Any]
 ) -> ServeConfig:
+    if args.unix is not None and (args.host is not None or args.port is not None):
+        parser.error("--unix replaces --host and --port: give one or the other")
+    if args.mode is not None and args.unix is None:
+        parser.error("--mode applies to the Unix socket of --unix only")
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
     for option, path in (("--cert", args.cert), ("--key", args.key)):
@@ -561,10 +820,14 @@ def _serve_config(
             problem = _unreadable(path)
             if problem is not None:
                 parser.error(f"{option}: cannot read {path}: {problem}")
+    target_tls = _target_tls(args, parser)
+    problem = workers_problem(args.workers, unix=args.unix is not None)
+    if problem is not None:
+        parser.error(problem)
     return ServeConfig(
         **common,
-        host=args.host,
-        port=args.port,
+        host=_SERVE_HOST if args.host is None else args.host,
+        port=_SERVE_PORT if args.port is None else args.port,
         target=args.to,
         path=args.path,
         origins=tuple(args.origin),
@@ -572,7 +835,63 @@ def _serve_config(
         key=args.key,
         max_connections=args.max_connections,
         subprotocols=tuple(args.subprotocol),
+        unix=args.unix,
+        mode=args.mode,
+        target_tls=target_tls,
+        workers=args.workers,
     )
+
+
+def _target_tls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TargetTls | None:
+    """``--to-tls``, ``--to-cafile``, ``--to-server-name``: checked, the context loaded."""
+    if not args.to_tls:
+        given = (("--to-cafile", args.to_cafile), ("--to-server-name", args.to_server_name))
+        for option, value in given:
+            if value is not None:
+                parser.error(f"{option} goes with --to-tls (TLS to the target)")
+        return None
+    if args.to is None:
+        parser.error("--to-tls needs a target: --to HOST:PORT (without --to, serve echoes)")
+    name = args.to_server_name
+    if name is None:
+        if isinstance(args.to, UnixAddress):
+            parser.error(
+                "--to-tls with a unix: target needs --to-server-name NAME: the name the "
+                "target's certificate carries"
+            )
+        name = args.to.host
+    elif not name or any(c.isspace() or c in "/\0" for c in name):
+        parser.error(f"--to-server-name: expected a host name, got {name!r}")
+    try:
+        # Without a cafile: the system's CAs. With one: that file's CAs only.
+        context = ssl.create_default_context(cafile=args.to_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        parser.error(f"--to-cafile: cannot load {args.to_cafile}: {describe(exc)}")
+    return TargetTls(context=context, server_name=name)
+
+
+def workers_problem(workers: int, *, unix: bool, platform: str = sys.platform) -> str | None:
+    """Why ``serve --workers N`` cannot run here, or None when it can.
+
+    Several processes share one TCP port through ``SO_REUSEPORT``, whose
+    kernel load balancing between listening sockets is Linux's (macOS has the
+    option but gives every connection to one socket). A Unix socket (``--unix``)
+    cannot be shared that way.
+    """
+    if workers == 1:
+        return None
+    if unix:
+        return (
+            "--workers shares a TCP port (SO_REUSEPORT) and cannot share the Unix socket "
+            "of --unix: use --workers 1 with --unix"
+        )
+    if not platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return (
+            f"--workers {workers} needs SO_REUSEPORT with Linux's load balancing, which this "
+            f"system ({platform}) does not have: use --workers 1 (or run several ws-stream "
+            "serve on different ports behind a load balancer)"
+        )
+    return None
 
 
 def _client_config(
@@ -589,14 +908,15 @@ def _client_config(
                 "use either --bearer (or WS_STREAM_BEARER) or --header 'Authorization: ...'"
             )
         headers.append(("Authorization", f"Bearer {token}"))
-    context = None
-    if args.cafile is not None:
-        if not args.uri.startswith("wss://"):
-            parser.error("--cafile applies to wss:// URIs only")
-        try:
-            context = ssl.create_default_context(cafile=args.cafile)
-        except (OSError, ssl.SSLError) as exc:
-            parser.error(f"--cafile: cannot load {args.cafile}: {describe(exc)}")
+    context = _client_tls(args, parser)
+    if args.proxy is not None and args.no_proxy:
+        parser.error("--proxy and --no-proxy exclude each other: give one or the other")
+    try:
+        proxy = choose_proxy(
+            args.uri, args.proxy, use_environment=not args.no_proxy, environ=environ
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     policy = None
     if getattr(args, "reconnect", None) is not None:
         if args.reconnect_attempts < 1:
@@ -611,7 +931,72 @@ def _client_config(
         "idle_timeout": args.idle_timeout,
         "max_bytes": args.max_bytes,
         "reconnect": policy,
+        "proxy": proxy,
+        "insecure": args.insecure,
+        "subprotocols": tuple(args.subprotocol),
     }
+
+
+class _EncryptedKeyError(Exception):
+    """A client key that asks for a password: ``ws-stream`` never prompts for one."""
+
+
+def _no_password() -> str:
+    raise _EncryptedKeyError(
+        "the private key is encrypted; give an unencrypted copy "
+        "(for example: openssl pkey -in KEY -out PLAIN.key)"
+    )
+
+
+def _client_tls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ssl.SSLContext | None:
+    """``--cafile``, ``--insecure``, ``--client-cert``, ``--client-key``: checked, one context.
+
+    None when none is given (websockets' default context then verifies the
+    server against the system's CAs).
+    """
+    given = [
+        option
+        for option, value in (
+            ("--cafile", args.cafile),
+            ("--insecure", args.insecure),
+            ("--client-cert", args.client_cert),
+            ("--client-key", args.client_key),
+        )
+        if value
+    ]
+    if not given:
+        return None
+    if urlsplit(args.uri).scheme != "wss":
+        parser.error(f"{given[0]} applies to wss:// URIs only")
+    if args.insecure and args.cafile is not None:
+        parser.error(
+            "--insecure (no certificate check) and --cafile (check with FILE) exclude each other"
+        )
+    if args.client_key is not None and args.client_cert is None:
+        parser.error("--client-key goes with --client-cert")
+    for option, path in (("--client-cert", args.client_cert), ("--client-key", args.client_key)):
+        if path is not None:
+            problem = _unreadable(path)
+            if problem is not None:
+                parser.error(f"{option}: cannot read {path}: {problem}")
+    try:
+        context = ssl.create_default_context(cafile=args.cafile)
+    except (OSError, ssl.SSLError) as exc:
+        parser.error(f"--cafile: cannot load {args.cafile}: {describe(exc)}")
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if args.client_cert is not None:
+        try:
+            context.load_cert_chain(args.client_cert, args.client_key, password=_no_password)
+        except (OSError, ssl.SSLError, _EncryptedKeyError) as exc:
+            key = args.client_key or "(the same file)"
+            parser.error(
+                f"--client-cert: cannot load the certificate {args.client_cert} with the key "
+                f"{key}: {describe(exc)}; both must be PEM, the key unencrypted and matching "
+                "the certificate (a key in another file goes in --client-key)"
+            )
+    return context
 
 
 def _unreadable(path: str) -> str | None:

@@ -26,10 +26,17 @@ from typing import Any
 from websockets.datastructures import Headers
 from websockets.exceptions import WebSocketException
 
+from .._handshake import redact
 from ..asyncio import WsStream, connect_stream
 from ..reconnect import ReconnectMachine
-from .args import ClientConfig, ForwardConfig
-from .endpoints import Endpoint, Stdio, TcpEndpoint, start_tcp_server
+from .args import ClientConfig, ForwardConfig, UnixAddress
+from .endpoints import (
+    Endpoint,
+    Stdio,
+    TcpEndpoint,
+    start_tcp_server,
+    start_unix_stream_server,
+)
 from .lifecycle import (
     EXIT_ERROR,
     EXIT_OK,
@@ -39,8 +46,9 @@ from .lifecycle import (
     unless_stopped,
     until_shutdown,
 )
-from .report import addr, describe, log_end, redact, stats_output
+from .report import addr, describe, log_end, stats_output
 from .tunnel import Tunnel
+from .unix import UnixListener, unix_peer
 
 __all__ = ["DIAL_ERRORS", "Dialer", "cat", "forward"]
 
@@ -64,10 +72,32 @@ class Dialer:
         options: dict[str, Any] = {
             "additional_headers": Headers(list(config.headers)),
             "close_timeout": config.close_timeout,
+            "ping_interval": config.ping_interval,
+            "ping_timeout": config.ping_timeout,
         }
         if config.ssl_context is not None:
             options["ssl"] = config.ssl_context
+        # Always explicit: None is "direct" (--no-proxy, or none in the
+        # environment); the environment was read once, by the config.
+        options["proxy"] = config.proxy.url
+        if config.subprotocols:
+            options["subprotocols"] = list(config.subprotocols)
         self._options = options
+        self.proxy = config.proxy
+        self.insecure = config.insecure
+        #: How logs say where connections go: the URI and the proxy, if any.
+        self.route = self.shown_uri + config.proxy.describe()
+
+    def opened(self, stream: WsStream) -> str:
+        """What logs say about ``stream``, just opened: the proxy and the subprotocol."""
+        subprotocol = stream.websocket.subprotocol
+        if subprotocol is not None:
+            selected = f"; the server selected the subprotocol {subprotocol}"
+        elif "subprotocols" in self._options:
+            selected = "; the server selected none of the subprotocols offered"
+        else:
+            selected = ""
+        return self.proxy.describe() + selected
 
     async def dial(self) -> WsStream:
         """Open one WebSocket. Raises :class:`ConnectionError`, its message redacted.
@@ -81,9 +111,11 @@ class Dialer:
         machine = ReconnectMachine(self.policy, self.shown_uri) if self.policy else None
         while True:
             try:
-                return await connect_stream(self.uri, **self._options)
+                stream = await connect_stream(self.uri, **self._options)
             except DIAL_ERRORS as exc:
                 message = str(exc).replace(self.uri, self.shown_uri)
+                if self.proxy.url is not None:  # the library hides it too; twice is safe
+                    message = message.replace(self.proxy.url, redact(self.proxy.url))
                 error = ConnectionError(message or type(exc).__name__)
                 if machine is None:
                     raise error from exc
@@ -92,6 +124,14 @@ class Dialer:
                 except BaseException:
                     raise error from exc
                 await asyncio.sleep(delay)
+                continue
+            if self.insecure:
+                logger.warning(
+                    "the TLS certificate of %s was not verified (--insecure): anyone on the "
+                    "path can read and change this connection",
+                    self.shown_uri,
+                )
+            return stream
 
 
 def _tunnel(
@@ -122,7 +162,7 @@ async def forward(config: ForwardConfig) -> int:
     dialer = Dialer(config)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = addr(writer.get_extra_info("peername"))
+        peer = addr(writer.get_extra_info("peername")) or unix_peer()
         local = TcpEndpoint(reader, writer, "client")
         started = loop.time()
         with sessions.session() as slot:
@@ -136,7 +176,7 @@ async def forward(config: ForwardConfig) -> int:
                 local.abort()  # a reset: the client must not mistake this for an empty answer
                 return
             sessions.attach(slot, stream)
-            logger.debug("%s: tunnel open to %s", peer, dialer.shown_uri)
+            logger.debug("%s: tunnel open to %s%s", peer, dialer.shown_uri, dialer.opened(stream))
             try:
                 tunnel = _tunnel(stream, local, slot.stop, config)
                 await tunnel.run()
@@ -148,23 +188,38 @@ async def forward(config: ForwardConfig) -> int:
                 error = "internal error"
         log_end(peer, stream, loop.time() - started, error)
 
-    host, port = config.listen
+    listen = config.listen
+    listener: UnixListener | None = None
     try:
-        server = await start_tcp_server(on_client, host, port)
+        if isinstance(listen, UnixAddress):
+            listener = UnixListener.open(listen, config.mode)
+            server = await start_unix_stream_server(on_client, listener.sock)
+        else:
+            server = await start_tcp_server(on_client, listen.host, listen.port)
     except OSError as exc:
-        logger.error("cannot listen on %s: %s", addr((host, port)), describe(exc))
+        if listener is not None:
+            listener.sock.close()
+            listener.remove()
+        logger.error("cannot listen on %s: %s", addr(listen), describe(exc))
         return EXIT_ERROR
-    addresses = ", ".join(addr(sock.getsockname()) for sock in server.sockets)
-    logger.info("listening on %s (each connection tunnels to %s)", addresses, dialer.shown_uri)
+    if listener is not None:
+        addresses = str(listener.address)
+    else:
+        addresses = ", ".join(addr(sock.getsockname()) for sock in server.sockets)
+    logger.info("listening on %s (each connection tunnels to %s)", addresses, dialer.route)
 
     async def stop() -> None:
         server.close()
         sessions.stop_all()
         await sessions.wait(config.close_timeout + 1.5)
 
-    return await until_shutdown(
-        shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
-    )
+    try:
+        return await until_shutdown(
+            shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
+        )
+    finally:
+        if listener is not None:
+            listener.remove()
 
 
 # cat
@@ -185,7 +240,7 @@ async def cat(config: ClientConfig) -> int:
             logger.error("cannot open %s: %s", dialer.shown_uri, exc)
             return EXIT_ERROR
         sessions.attach(slot, stream)
-        logger.info("connected to %s", dialer.shown_uri)
+        logger.info("connected to %s%s", dialer.shown_uri, dialer.opened(stream))
         error = await _cat_session(stream, slot.stop, config, shutdown)
         if error is not None:
             logger.error("%s", error)  # before the --stats summary, which comes last

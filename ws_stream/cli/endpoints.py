@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl as ssl_module
 import stat
 import struct
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,9 @@ __all__ = [
     "Stdio",
     "TcpEndpoint",
     "open_tcp",
+    "open_unix",
     "start_tcp_server",
+    "start_unix_stream_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +72,10 @@ class Endpoint(Protocol):
 
     async def drain(self) -> None:
         """Wait until writing may continue. Raises OSError (the OS's own error where known)."""
+        ...
+
+    def send_eof(self) -> None:
+        """Half-close: EOF after the bytes written so far; reading goes on. Raises OSError."""
         ...
 
     async def finish(self, timeout: float) -> None:
@@ -111,10 +118,22 @@ class TcpEndpoint:
             # asyncio's "Connection lost" hides what the socket said.
             raise _cause(self._reader) or exc from None
 
+    def send_eof(self) -> None:
+        if self._writer.is_closing():
+            return
+        if not self._writer.can_write_eof():
+            # TLS (serve --to-tls): asyncio has no half-close there; the target
+            # sees the end when the tunnel closes.
+            logger.debug("%s: no half-close over TLS: EOF comes with the close", self.role)
+            return
+        self._writer.write_eof()
+
     async def finish(self, timeout: float) -> None:
         writer = self._writer
         try:
-            if not writer.is_closing():
+            # TLS (serve --to-tls) has no half-close in asyncio: close() sends
+            # close_notify and reads until the peer's, which is the same end.
+            if not writer.is_closing() and writer.can_write_eof():
                 # Half-close, then wait for the peer's own EOF (what it still
                 # sends has nowhere to go): closing with unread bytes would
                 # make the kernel send a reset instead of a FIN.
@@ -153,12 +172,24 @@ def _tcp_protocol(
     return asyncio.StreamReaderProtocol(ChunkedStreamReader(LOCAL_READ, loop), cb, loop)
 
 
-async def open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """As :func:`asyncio.open_connection`."""
+async def open_tcp(
+    host: str,
+    port: int,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """As :func:`asyncio.open_connection`; with ``ssl``, TLS verified for ``server_hostname``.
+
+    Raises OSError (:class:`ssl.SSLCertVerificationError` for a refused
+    certificate, another :class:`ssl.SSLError` for a failed handshake).
+    """
     loop = asyncio.get_running_loop()
     reader = ChunkedStreamReader(LOCAL_READ, loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    transport, _ = await loop.create_connection(
+        lambda: protocol, host, port, ssl=ssl, server_hostname=server_hostname
+    )
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
@@ -170,6 +201,39 @@ async def start_tcp_server(
     """As :func:`asyncio.start_server`."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: _tcp_protocol(cb), host, port)
+
+
+# Unix stream sockets: the same streams, and the same TcpEndpoint (the
+# socket file itself is .unix's). A Unix socket has no reset: where
+# TcpEndpoint.abort() resets a TCP peer, a Unix peer sees EOF.
+
+
+async def open_unix(
+    path: str,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """As :func:`asyncio.open_unix_connection` (``serve --to unix:PATH``).
+
+    ``ssl`` and ``server_hostname`` as for :func:`open_tcp`.
+    """
+    loop = asyncio.get_running_loop()
+    reader = ChunkedStreamReader(LOCAL_READ, loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_unix_connection(
+        lambda: protocol, path, ssl=ssl, server_hostname=server_hostname
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def start_unix_stream_server(
+    cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    sock: socket.socket,
+) -> asyncio.Server:
+    """As :func:`asyncio.start_unix_server` on a listening socket (``forward --listen unix:``)."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(lambda: _tcp_protocol(cb), sock=sock)
 
 
 def _cause(reader: asyncio.StreamReader) -> OSError | None:
@@ -269,6 +333,12 @@ class Stdio:
                 await self._writer.drain()
             except ConnectionError as exc:
                 raise _cause(self._out_errors) or exc from None
+
+    def send_eof(self) -> None:
+        """Nothing before :meth:`finish`: stdout ends with the tunnel.
+
+        (Only a server's local side hears the peer's EOF marker; ``cat`` is a client.)
+        """
 
     async def finish(self, timeout: float) -> None:
         if self._finished:

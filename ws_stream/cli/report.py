@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from ..asyncio import WsStream
 
@@ -30,7 +29,6 @@ __all__ = [
     "describe",
     "human",
     "log_end",
-    "redact",
     "stats_output",
 ]
 
@@ -87,14 +85,6 @@ def addr(sockname: Any) -> str:
         host = str(sockname[0])
         return f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
     return str(sockname)
-
-
-def redact(uri: str) -> str:
-    """``uri`` without the password of its user info."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def describe(exc: BaseException) -> str:

@@ -9,7 +9,12 @@ it cannot be reached) and the graceful stop.
 
 The target comes from :class:`~.args.ServeConfig` only: nothing in a request
 (path, query, headers) can choose where bytes go, so the server is never an
-open proxy. The bridge's tunnel is :class:`~.tunnel.Tunnel`.
+open proxy. The bridge's tunnel is :class:`~.tunnel.Tunnel`; with ``--to-tls``
+its connection to the target is TLS, the certificate verified (a refused one
+is 1014 too, and says why in the log: :func:`target_failure`).
+
+One process serves here; ``--workers`` runs several of these
+(:mod:`.workers`), each given :class:`WorkerHooks`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -26,15 +32,16 @@ from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from ..asyncio import WsStream, start_server
-from .args import HostPort, ServeConfig
-from .endpoints import TcpEndpoint, open_tcp
+from ..asyncio import WsStream, start_server, start_unix_server
+from .args import HostPort, ServeConfig, TargetTls, UnixAddress
+from .endpoints import TcpEndpoint, open_tcp, open_unix
 from .lifecycle import EXIT_ERROR, Sessions, Shutdown, Stopped, unless_stopped, until_shutdown
 from .report import addr, describe, log_end
 from .rules import CLEAN_CODES, SHUTDOWN
-from .tunnel import WS_READ, Tunnel
+from .tunnel import WS_READ, Tunnel, watch_eof_marker
+from .unix import UnixListener, unix_peer
 
-__all__ = ["serve"]
+__all__ = ["ConnectionLimit", "WorkerHooks", "serve", "target_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +49,59 @@ logger = logging.getLogger(__name__)
 _BINARY = "binary"
 #: Longest wait for the TCP connection to the target of ``serve --to``.
 _TARGET_CONNECT_TIMEOUT = 10.0
+#: OpenSSL's verify codes of a certificate for another name than the one asked.
+_NAME_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
-async def serve(config: ServeConfig) -> int:
-    """Run ``ws-stream serve`` until a signal; return the exit status."""
+class ConnectionLimit(Protocol):
+    """``--max-connections``: places taken before a handshake, given back when it is gone."""
+
+    def acquire(self) -> bool:
+        """Take a place; False when none is free (never blocks)."""
+        ...
+
+    def release(self) -> None:
+        """Give a place back."""
+        ...
+
+
+class WorkerHooks(Protocol):
+    """What makes :func:`serve` one of the processes of ``--workers`` (:mod:`.workers`)."""
+
+    @property
+    def limit(self) -> ConnectionLimit | None:
+        """The ``--max-connections`` shared by every worker; None: no limit."""
+        ...
+
+    def running(
+        self, urls: Sequence[str], what: str, shutdown: Shutdown, sessions: Sessions
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Entered once listening, instead of the listening line (the parent prints it)."""
+        ...
+
+
+class _Places:
+    """``--max-connections`` in one process: a count."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+
+    def acquire(self) -> bool:
+        if self._free == 0:
+            return False
+        self._free -= 1
+        return True
+
+    def release(self) -> None:
+        self._free += 1
+
+
+async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
+    """Run ``ws-stream serve`` until a signal; return the exit status.
+
+    ``hooks``: this process is one of ``--workers`` (it listens with
+    ``SO_REUSEPORT``, shares ``hooks.limit``, and reports to its parent).
+    """
     loop = asyncio.get_running_loop()
     shutdown = Shutdown()
     sessions = Sessions()
@@ -63,30 +119,32 @@ async def serve(config: ServeConfig) -> int:
     target = config.target
     close_timeout = config.close_timeout
     accepted = list(dict.fromkeys([_BINARY, *config.subprotocols]))
-    reserved = 0
+    limit: ConnectionLimit | None = None
+    if hooks is not None:
+        limit = hooks.limit
+    elif config.max_connections is not None:
+        limit = _Places(config.max_connections)
     # One task per reserved connection, waiting for its end (websockets'
     # public wait_closed()): a --max-connections place is free again once
     # the TCP connection is gone, whether the handshake succeeded or not.
     releases: set[asyncio.Task[None]] = set()
 
     def release(task: asyncio.Task[None]) -> None:
-        nonlocal reserved
-        reserved -= 1
+        assert limit is not None
+        limit.release()
         releases.discard(task)
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        nonlocal reserved
         if config.path is not None and urlsplit(request.path).path != config.path:
             return connection.respond(404, "Not Found\n")
-        if config.max_connections is not None:
-            if reserved >= config.max_connections:
+        if limit is not None:
+            if not limit.acquire():
                 logger.warning(
                     "%s: refused with 503: --max-connections %d reached",
-                    addr(connection.remote_address),
+                    addr(connection.remote_address) or "a Unix-socket client",
                     config.max_connections,
                 )
                 return connection.respond(503, "Too many connections; try again later.\n")
-            reserved += 1
             task = asyncio.create_task(connection.wait_closed())
             releases.add(task)
             task.add_done_callback(release)
@@ -94,7 +152,7 @@ async def serve(config: ServeConfig) -> int:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream: WsStream = writer.get_extra_info("ws_stream")
-        peer = addr(writer.get_extra_info("peername"))
+        peer = addr(writer.get_extra_info("peername")) or unix_peer()
         started = loop.time()
         with sessions.session() as slot:
             sessions.attach(slot, stream)
@@ -103,7 +161,9 @@ async def serve(config: ServeConfig) -> int:
                 if target is None:
                     error = await _echo(stream, slot.stop)
                 else:
-                    error = await _bridge(stream, slot.stop, target, close_timeout)
+                    error = await _bridge(
+                        stream, slot.stop, target, close_timeout, config.target_tls
+                    )
             except Exception:
                 logger.exception("%s: internal error", peer)
                 await stream.close(1011, "internal error")
@@ -111,25 +171,42 @@ async def serve(config: ServeConfig) -> int:
         log_end(peer, stream, loop.time() - started, error)
 
     origins: list[str | None] | None = [*config.origins, None] if config.origins else None
+    options: dict[str, Any] = {
+        "ssl": context,
+        "origins": origins,
+        "select_subprotocol": _subprotocol_selector(accepted),
+        "process_request": process_request,
+        "close_timeout": close_timeout,
+        "ping_interval": config.ping_interval,
+        "ping_timeout": config.ping_timeout,
+    }
+    if hooks is not None:
+        options["reuse_port"] = True  # the port its parent reserved, shared by every worker
+    where = config.unix or (config.host, config.port)
+    listener: UnixListener | None = None
     try:
-        server = await start_server(
-            handle,
-            config.host,
-            config.port,
-            ssl=context,
-            origins=origins,
-            select_subprotocol=_subprotocol_selector(accepted),
-            process_request=process_request,
-            close_timeout=close_timeout,
-        )
+        if config.unix is not None:
+            listener = UnixListener.open(config.unix, config.mode)
+            server = await start_unix_server(handle, sock=listener.sock, **options)
+        else:
+            server = await start_server(handle, config.host, config.port, **options)
     except OSError as exc:
-        logger.error("cannot listen on %s: %s", addr((config.host, config.port)), describe(exc))
+        if listener is not None:
+            listener.sock.close()
+            listener.remove()
+        logger.error("cannot listen on %s: %s", addr(where), describe(exc))
         return EXIT_ERROR
     scheme = "wss" if context is not None else "ws"
     path = config.path or "/"
-    urls = [f"{scheme}://{addr(sock.getsockname())}{path}" for sock in server.sockets]
     what = "echo" if target is None else f"bridging every connection to {addr(target)}"
-    logger.info("listening on %s (%s)", ", ".join(urls), what)
+    if config.target_tls is not None:
+        what += f" over TLS, certificate verified for {config.target_tls.server_name}"
+    if listener is not None:
+        logger.info("listening on %s (%s://, path %s; %s)", listener.address, scheme, path, what)
+    else:
+        urls = [f"{scheme}://{addr(sock.getsockname())}{path}" for sock in server.sockets]
+        if hooks is None:
+            logger.info("listening on %s (%s)", ", ".join(urls), what)
 
     async def stop() -> None:
         server.close(close_connections=False)  # stop accepting; handshakes under way get 503
@@ -141,9 +218,21 @@ async def serve(config: ServeConfig) -> int:
             logger.warning("connections still open after %.1f s: dropping them", close_timeout)
             sessions.abort_all()
 
-    return await until_shutdown(
-        shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
+    running = (
+        contextlib.nullcontext()
+        if hooks is None
+        else hooks.running(
+            urls if listener is None else [str(listener.address)], what, shutdown, sessions
+        )
     )
+    try:
+        async with running:
+            return await until_shutdown(
+                shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
+            )
+    finally:
+        if listener is not None:
+            listener.remove()
 
 
 def _server_ssl(config: ServeConfig) -> ssl.SSLContext | None:
@@ -180,7 +269,20 @@ async def _echo(stream: WsStream, stop: asyncio.Future[None]) -> str | None:
         if not writer.is_closing():
             closing.append(asyncio.create_task(stream.close(SHUTDOWN.code, SHUTDOWN.reason)))
 
+    input_ended = False
+
+    def end_of_input() -> None:
+        # Everything before the client's EOF marker is echoed: then the echo ends too.
+        if not reader.buffered and not writer.is_closing():
+            closing.append(asyncio.create_task(stream.close()))
+
+    def marker() -> None:
+        nonlocal input_ended
+        input_ended = True
+        end_of_input()
+
     stop.add_done_callback(shutdown)
+    watcher = asyncio.create_task(watch_eof_marker(stream.events(), marker))
     error = None
     try:
         while data := await reader.read(WS_READ):
@@ -189,11 +291,14 @@ async def _echo(stream: WsStream, stop: asyncio.Future[None]) -> str | None:
             writer.write(data)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
+            if input_ended:
+                end_of_input()
     except ConnectionError as exc:
         if not closing:
             error = f"the WebSocket failed: {describe(exc)}"
     finally:
         stop.remove_done_callback(shutdown)
+        watcher.cancel()
     code = stream.close_code
     if error is None and not closing and code is not None and code not in CLEAN_CODES:
         error = f"the peer closed with {code}"
@@ -204,26 +309,67 @@ async def _echo(stream: WsStream, stop: asyncio.Future[None]) -> str | None:
 async def _bridge(
     stream: WsStream,
     stop: asyncio.Future[None],
-    target: HostPort,
+    target: HostPort | UnixAddress,
     close_timeout: float,
+    tls: TargetTls | None = None,
 ) -> str | None:
-    """Tunnel ``stream`` to a new TCP connection to ``target``; returns an error or None."""
-    host, port = target
+    """Tunnel ``stream`` to a new connection to ``target``; returns an error or None.
+
+    ``tls``: the connection is TLS, verified (``--to-tls``).
+    """
+    # Subscribed before the target is dialed: the client's EOF marker may come
+    # with its first bytes, and events are not kept for later subscribers.
+    events = stream.events()
+    context, name = (None, None) if tls is None else (tls.context, tls.server_name)
+    connect = (
+        open_unix(target.path, ssl=context, server_hostname=name)
+        if isinstance(target, UnixAddress)
+        else open_tcp(*target, ssl=context, server_hostname=name)
+    )
     try:
         reader, writer = await unless_stopped(
             stop,
-            asyncio.wait_for(open_tcp(host, port), _TARGET_CONNECT_TIMEOUT),
+            asyncio.wait_for(connect, _TARGET_CONNECT_TIMEOUT),
         )
     except Stopped:
+        events.close()
         await stream.close(SHUTDOWN.code, SHUTDOWN.reason)
         return None
     except (OSError, TimeoutError) as exc:
         # Logged once, with the end of the connection; the client learns 1014
         # and nothing about the target.
+        events.close()
         await stream.close(1014, "cannot reach the target")
-        return f"cannot connect to the target {addr(target)}: {describe(exc)}"
+        return target_failure(exc, addr(target))
     tunnel = Tunnel(
-        stream, TcpEndpoint(reader, writer, "target"), stop=stop, close_timeout=close_timeout
+        stream,
+        TcpEndpoint(reader, writer, "target"),
+        stop=stop,
+        close_timeout=close_timeout,
+        events=events,
     )
     await tunnel.run()
     return tunnel.error
+
+
+def target_failure(exc: BaseException, target: str) -> str:
+    """What the log says when the target of ``serve --to`` cannot be reached.
+
+    The client learns 1014 and nothing more. A refused certificate
+    (``--to-tls``) says why OpenSSL refused it and which option helps; a
+    failed TLS handshake that it may not speak TLS at all.
+    """
+    where = f"cannot connect to the target {target}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = (
+            "--to-server-name NAME sets the name it must carry"
+            if exc.verify_code in _NAME_MISMATCH
+            else "--to-cafile FILE trusts the CA that signed it"
+        )
+        return f"{where}: its TLS certificate was refused: {exc.verify_message} ({hint})"
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"{where}: the TLS handshake failed: {exc.reason or describe(exc)} "
+            "(does the target speak TLS on that port?)"
+        )
+    return f"{where}: {describe(exc)}"

@@ -8,7 +8,7 @@ from typing import Any, cast
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .._handshake import handshake_failure
+from .._handshake import handshake_failure, proxy_in_use
 from .._options import split_options
 from .connection import StreamConnection
 from .socket import WsSocket
@@ -41,6 +41,13 @@ def connect(uri: str, **options: Any) -> WsSocket:
         TimeoutError: no handshake within ``open_timeout``.
         OSError: the TCP connection failed (refused, unreachable...).
         ValueError: ``uri`` is not a ws:// or wss:// URI, or an option is invalid.
+
+    Through a proxy (``proxy=URL``, or by default the one the environment sets:
+    ``https_proxy``, ``socks_proxy``...; SOCKS needs ``ws-stream[socks]``), a
+    failure of the proxy names it (without its credentials) and says how: an
+    :class:`OSError` when it cannot be reached, a :class:`HandshakeError` when it
+    refused the tunnel (``.status`` is the proxy's HTTP status, 407 for
+    credentials) or a SOCKS error.
     """
     opts, rest = split_options(options)
     if "create_connection" in rest:
@@ -55,7 +62,7 @@ def connect(uri: str, **options: Any) -> WsSocket:
             **rest,
         )
     except Exception as exc:
-        mapped = handshake_failure(exc, uri)
+        mapped = handshake_failure(exc, uri, proxy=proxy_in_use(uri, rest))
         if mapped is None:
             raise
         raise mapped from exc

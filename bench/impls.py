@@ -5,13 +5,25 @@ prints its port on its first line. Modes: ``sink`` (read everything),
 ``echo``, ``slow`` (a reader that takes 64 KiB every millisecond), ``idle``
 (accept and hold). Clients run in the suite's process; every client operation
 returns what it measured.
+
+Each row is compared with up to three references of its runtime: the plain
+websockets loop (``REFERENCE``); raw TCP streams, the physical limit
+(``RAW_TCP``: asyncio streams, trio's SocketStream, blocking sockets); and, for
+asyncio and uvloop rows, picows (``WS_REFERENCE``), a Cython WebSocket library:
+what a WebSocket costs at its cheapest. picows runs on asyncio's own transports
+(``use_aiofastnet=False``, not its default), like every other asyncio row, so
+its ratio measures WebSocket framing, not a faster socket layer. picows has no
+``slow`` server (its API pushes frames; a slow reader would need
+pause_reading()), so it is left out of the slow-reader scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -29,12 +41,14 @@ IMPLS: dict[str, str] = {
     "tcp.asyncio": "asyncio",
     "websockets.asyncio": "asyncio",
     "naive_pump": "asyncio",
+    "picows": "asyncio",
     "ws_stream.asyncio": "asyncio",
     "ws_stream.uvloop": "uvloop",
     "tcp.trio": "trio",
     "websockets.trio": "trio",
     "trio-websocket": "trio",
     "ws_stream.trio": "trio",
+    "tcp.sync": "sync",
     "websockets.sync": "sync",
     "ws_stream.sync": "sync",
 }
@@ -44,6 +58,36 @@ REFERENCE = {
     "trio": "websockets.trio",
     "sync": "websockets.sync",
 }
+# The physical limit: raw TCP streams of the same runtime (uvloop rows against
+# the default loop's, as the issue's targets are stated).
+RAW_TCP = {
+    "asyncio": "tcp.asyncio",
+    "uvloop": "tcp.asyncio",
+    "trio": "tcp.trio",
+    "sync": "tcp.sync",
+}
+# The cheapest WebSocket: compared with the asyncio and uvloop rows only.
+WS_REFERENCE = {"asyncio": "picows", "uvloop": "picows"}
+# Implementations that come from an optional package: module to import.
+OPTIONAL = {"picows": "picows", "ws_stream.uvloop": "uvloop", "trio-websocket": "trio_websocket"}
+# Server modes an implementation lacks (the suite leaves it out of those scenarios).
+UNSUPPORTED_MODES = {"picows": ("slow",)}
+
+
+def unavailable(impl: str) -> str | None:
+    """Why ``impl`` cannot run here (its package does not import), or None."""
+    module = OPTIONAL.get(split_impl(impl)[0])
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except Exception as exc:  # ImportError, or a binary wheel that does not load
+        return f"{module} does not import ({type(exc).__name__}: {exc})"
+    return None
+
+
+def supports(impl: str, mode: str) -> bool:
+    return mode not in UNSUPPORTED_MODES.get(split_impl(impl)[0], ())
 
 
 # ---- asyncio servers -------------------------------------------------------
@@ -96,6 +140,19 @@ async def _asyncio_server(impl: str, mode: str) -> None:
 
     if impl == "tcp.asyncio":
         server: Any = await asyncio.start_server(stream_cb, "127.0.0.1", 0, limit=2**20)
+    elif impl == "picows":
+        import picows
+
+        if not supports(impl, mode):
+            raise SystemExit(f"picows: no {mode!r} server in the bench")
+        listener = _picows_listeners()[0]
+        server = await picows.ws_create_server(
+            lambda request: listener(mode),
+            "127.0.0.1",
+            0,
+            max_frame_size=MAX,
+            use_aiofastnet=False,
+        )
     elif impl.startswith("ws_stream"):
         server = await ws_stream.start_server(
             stream_cb,
@@ -109,6 +166,67 @@ async def _asyncio_server(impl: str, mode: str) -> None:
         server = await wss.serve(ws_handler, "127.0.0.1", 0, **WS)
     print(server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
+
+
+# ---- picows: callbacks on asyncio's transports ----------------------------------
+
+
+@functools.cache
+def _picows_listeners() -> tuple[Any, Any]:
+    """The picows server and client listeners (defined once picows is imported)."""
+    import picows
+
+    binary, close = picows.WSMsgType.BINARY, picows.WSMsgType.CLOSE
+
+    class ServerListener(picows.WSListener):
+        """sink / echo / idle: data frames are dropped or echoed; a close is answered."""
+
+        def __init__(self, mode: str) -> None:
+            super().__init__()
+            self.echo = mode == "echo"
+
+        def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+            if frame.msg_type == binary:
+                if self.echo:
+                    transport.send(binary, frame.get_payload_as_bytes())
+            elif frame.msg_type == close:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+    class ClientListener(picows.WSListener):
+        """Counts received bytes for recv_exactly; exposes write flow control."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writable = asyncio.Event()
+            self.writable.set()
+            self.received = 0
+            self.wanted = 0
+            self.waiter: asyncio.Future[None] | None = None
+
+        def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+            if frame.msg_type == binary:
+                self.received += frame.payload_size
+                if self.waiter is not None and self.received >= self.wanted:
+                    self.waiter.set_result(None)
+                    self.waiter = None
+            elif frame.msg_type == close:  # the answer to our close: the peer read all
+                transport.disconnect()
+
+        def pause_writing(self) -> None:
+            self.writable.clear()
+
+        def resume_writing(self) -> None:
+            self.writable.set()
+
+        async def receive_exactly(self, n: int) -> None:
+            self.wanted = n  # (received counts the bytes not consumed yet)
+            if self.received < n:
+                self.waiter = asyncio.get_running_loop().create_future()
+                await self.waiter
+            self.received -= n
+
+    return ServerListener, ClientListener
 
 
 # ---- trio servers ------------------------------------------------------------
@@ -209,13 +327,27 @@ def _sync_server(impl: str, mode: str) -> None:
                 time.sleep(SLOW_PAUSE * max(1, len(data) / SLOW_READ))
 
     size = SLOW_READ if mode == "slow" else 2**20
-    if impl == "ws_stream.sync":
+    if impl == "tcp.sync":
+        import socketserver
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock: socket.socket = self.request
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)  # as websockets
+                handle(lambda: sock.recv(size), sock.sendall)
+
+        class TCPServer(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        server: Any = TCPServer(("127.0.0.1", 0), Handler)
+    elif impl == "ws_stream.sync":
         import ws_stream.sync
 
         def stream_handler(sock: Any) -> None:
             handle(lambda: sock.recv(size), sock.sendall)
 
-        server: Any = ws_stream.sync.serve(
+        server = ws_stream.sync.serve(
             stream_handler, "127.0.0.1", 0, ping_interval=None, max_size=MAX
         )
     else:
@@ -243,27 +375,37 @@ class SyncClient:
 
     def open(self, port: int) -> None:
         uri = f"ws://127.0.0.1:{port}/"
-        if self.impl == "ws_stream.sync":
+        self.s: Any
+        if self.impl == "tcp.sync":
+            self.s = socket.create_connection(("127.0.0.1", port))
+            self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        elif self.impl == "ws_stream.sync":
             import ws_stream.sync
 
-            self.s: Any = ws_stream.sync.connect(uri, ping_interval=None, max_size=MAX)
+            self.s = ws_stream.sync.connect(uri, ping_interval=None, max_size=MAX)
         else:
             from websockets.sync.client import connect
 
             self.s = connect(uri, **WS)
 
     def send(self, data: bytes) -> None:
-        if self.impl == "ws_stream.sync":
+        if self.impl in ("tcp.sync", "ws_stream.sync"):
             self.s.sendall(data)
         else:
             self.s.send(data)
 
     def recv_exactly(self, n: int) -> None:
         got = 0
+        stream = self.impl in ("tcp.sync", "ws_stream.sync")
         while got < n:
-            got += len(self.s.recv(n - got) if self.impl == "ws_stream.sync" else self.s.recv())
+            got += len(self.s.recv(n - got) if stream else self.s.recv())
 
     def close(self) -> None:
+        """Close and wait until the peer has read everything."""
+        if self.impl == "tcp.sync":
+            self.s.shutdown(socket.SHUT_WR)
+            while self.s.recv(2**16):  # the server closes after reading EOF
+                pass
         self.s.close()
 
 
@@ -315,6 +457,14 @@ class AsyncioClient:
         uri = f"ws://127.0.0.1:{port}/"
         if self.impl == "tcp.asyncio":
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        elif self.impl == "picows":
+            import picows
+
+            self.binary = picows.WSMsgType.BINARY
+            self.listener: Any  # our ClientListener
+            self.pw, self.listener = await picows.ws_connect(
+                _picows_listeners()[1], uri, max_frame_size=MAX, use_aiofastnet=False
+            )
         elif self.impl.startswith("ws_stream"):
             self.reader, self.writer = await ws_stream.open_connection(
                 uri, ping_interval=None, max_size=MAX
@@ -333,6 +483,10 @@ class AsyncioClient:
     async def send(self, data: bytes) -> None:
         if self.impl in ("websockets.asyncio", "naive_pump"):
             await self.ws.send(data)
+        elif self.impl == "picows":
+            self.pw.send(self.binary, data)
+            if not self.listener.writable.is_set():
+                await self.listener.writable.wait()
         else:
             self.writer.write(data)
             await self.writer.drain()
@@ -342,6 +496,8 @@ class AsyncioClient:
             got = 0
             while got < n:
                 got += len(await self.ws.recv())
+        elif self.impl == "picows":
+            await self.listener.receive_exactly(n)
         else:
             await self.reader.readexactly(n)
 
@@ -349,6 +505,11 @@ class AsyncioClient:
         """Close and wait until the peer has read everything."""
         if self.impl in ("websockets.asyncio", "naive_pump"):
             await self.ws.close()
+        elif self.impl == "picows":
+            import picows
+
+            self.pw.send_close(picows.WSCloseCode.OK)
+            await self.pw.wait_disconnected()  # the listener disconnects on the answer
         elif self.impl == "tcp.asyncio":
             self.writer.write_eof()
             await self.reader.read()  # the server closes after reading EOF
@@ -485,6 +646,8 @@ async def _asyncio_idle(impl: str, port: int, count: int, hold: Callable[[], Non
     for c in clients:
         if c.impl in ("websockets.asyncio", "naive_pump"):
             c.ws.transport.abort()
+        elif c.impl == "picows":
+            c.pw.disconnect(graceful=False)
         else:
             c.writer.transport.abort()
     return rate

@@ -5,11 +5,15 @@
     python -m bench --only bulk,rtt --impl ws_stream.asyncio,websockets.asyncio
 
 Each implementation's server runs in its own process; runs are interleaved
-(A B C A B C ...) and repeated; the report gives medians and the ratio to the
-reference of each row (the plain websockets loop of the same runtime). Timings
-on a shared machine are noisy: only ratios measured in one run mean anything.
-Writes ``results.json``, ``results.md`` and ``results.png`` (ratios per
-scenario) to ``--out`` (default ``bench/results/``). Asserts nothing.
+(A B C A B C ...) and repeated; the report gives medians and, for each row,
+three ratios measured in the same run: to the plain websockets loop of the same
+runtime ("vs websockets"), to raw TCP streams of the same runtime, the physical
+limit ("vs raw TCP"), and, on asyncio and uvloop rows, to picows, the cheapest
+WebSocket ("vs picows"). Timings on a shared machine are noisy: only ratios
+measured in one run mean anything. Writes ``results.json``, ``results.md`` and
+``results.png`` (the "vs websockets" ratio per scenario) to ``--out`` (default
+``bench/results/``). An implementation whose package does not import (picows)
+is skipped with a printed reason. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,29 +33,43 @@ from typing import Any
 
 import psutil
 
-from .impls import IMPLS, REFERENCE, run_client
+from .impls import IMPLS, RAW_TCP, REFERENCE, WS_REFERENCE, run_client, supports, unavailable
 
 ALL_SCENARIOS = ("bulk", "small", "rtt", "slow_reader", "idle", "limit")
 LIMITS = (2**16, 2**18, 2**20, 2**22)  # reader limits compared by the "limit" scenario
+# The row keys of the three ratios, and what each compares with.
+RATIOS = {
+    "ratio": "vs websockets",
+    "ratio_raw_tcp": "vs raw TCP",
+    "ratio_picows": "vs picows",
+}
 
 
 class Server:
-    """One implementation's server process; samples its memory on demand."""
+    """One implementation's server process; samples its memory on demand.
+
+    The process starts at construction; ``wait_ready()`` reads its port, so
+    several servers start at once.
+    """
 
     def __init__(self, impl: str, mode: str) -> None:
+        self.impl = impl
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.impls", impl, mode],
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
+        self.port = 0
+        self.ps = psutil.Process(self.proc.pid)
+
+    def wait_ready(self) -> None:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if not line.isdigit():
             self.close()
-            raise RuntimeError(f"the {impl} server did not start (printed {line!r})")
+            raise RuntimeError(f"the {self.impl} server did not start (printed {line!r})")
         self.port = int(line)
-        self.ps = psutil.Process(self.proc.pid)
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
@@ -93,9 +111,13 @@ class PeakSampler:
 def interleaved(
     impls: list[str], mode: str, rounds: int, measure: Callable[[str, Server], Any]
 ) -> dict[str, list[Any]]:
-    servers = {impl: Server(impl, mode) for impl in impls}
+    servers: dict[str, Server] = {}
     results: dict[str, list[Any]] = {impl: [] for impl in impls}
     try:
+        for impl in impls:
+            servers[impl] = Server(impl, mode)
+        for server in servers.values():
+            server.wait_ready()
         for _ in range(rounds):
             for impl in impls:
                 results[impl].append(measure(impl, servers[impl]))
@@ -121,6 +143,10 @@ def main() -> None:
     for name in impls:
         if name not in IMPLS:
             parser.error(f"unknown implementation {name!r}; choose from {', '.join(IMPLS)}")
+    for name in list(impls):
+        if reason := unavailable(name):
+            print(f"skipping {name}: {reason}", file=sys.stderr, flush=True)
+            impls.remove(name)
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
     sizes = {
@@ -165,7 +191,7 @@ def main() -> None:
             add("64 B echo RTT p99", impl, "us", p99, lower_is_better=True)
     if "slow_reader" in scenarios:
         total = sizes["slow_reader"]
-        slow_impls = [i for i in impls if not i.startswith("tcp.")] + [
+        slow_impls = [i for i in impls if not i.startswith("tcp.") and supports(i, "slow")] + [
             i for i in impls if i.startswith("tcp.")
         ]
 
@@ -192,6 +218,7 @@ def main() -> None:
             in (
                 "tcp.asyncio",
                 "websockets.asyncio",
+                "picows",
                 "ws_stream.asyncio",
                 "ws_stream.uvloop",
                 "tcp.trio",
@@ -231,16 +258,19 @@ def main() -> None:
     if "limit" in scenarios:
         total = sizes["bulk"]
         variants = [f"ws_stream.asyncio@{limit}" for limit in LIMITS]
+        # raw TCP and picows run in the same interleaving: the limits' other ratios
+        references = [i for i in ("tcp.asyncio", "picows") if i in impls]
         res = interleaved(
-            variants,
+            variants + references,
             "sink",
             rounds,
             lambda i, s: run_client(i, s.port, "bulk", total=total, size=2**16),
         )
         ref = total / statistics.median(res[f"ws_stream.asyncio@{2**20}"]) / 1e6
-        for variant, secs in res.items():
+        reference_values = {i: total / statistics.median(res[i]) / 1e6 for i in references}
+        for variant in variants:
             limit = int(variant.partition("@")[2])
-            mbps = total / statistics.median(secs) / 1e6
+            mbps = total / statistics.median(res[variant]) / 1e6
             rows.append(
                 {
                     "scenario": f"reader limit {limit // 1024} KiB: bulk 64 KiB writes",
@@ -248,20 +278,42 @@ def main() -> None:
                     "unit": "MB/s",
                     "value": mbps,
                     "ratio_to_default_limit": mbps / ref,
+                    "reference_values": reference_values,
                 }
             )
             print(f"  limit {limit:>8}: {mbps:.0f} MB/s", file=sys.stderr, flush=True)
     report(rows, args.out, quick, rounds)
 
 
-def _ratio(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
-    if "ratio_to_default_limit" in row:  # the limit scenario compares ws_stream to itself
-        return float(row["ratio_to_default_limit"])
-    ref = REFERENCE[IMPLS[row["impl"]]]
+def _ratio_to(rows: list[dict[str, Any]], row: dict[str, Any], ref: str | None) -> float | None:
+    """``row``'s value over ``ref``'s in the same scenario (None if not measured)."""
+    if ref is None:
+        return None
+    if ref in row.get("reference_values", {}):  # measured alongside, not as a row
+        value = row["reference_values"][ref]
+        return float(row["value"] / value) if value else None
     for other in rows:
         if other["scenario"] == row["scenario"] and other["impl"] == ref and other["value"]:
             return float(row["value"] / other["value"])
     return None
+
+
+def ratios(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, float | None]:
+    """The three ratios of ``row`` (keys of ``RATIOS``): value over the reference's value.
+
+    For times and memory a ratio below 1 is better; for rates, above 1.
+    """
+    runtime = IMPLS[row["impl"]]
+    first: float | None
+    if "ratio_to_default_limit" in row:  # the limit scenario compares ws_stream to itself
+        first = float(row["ratio_to_default_limit"])
+    else:
+        first = _ratio_to(rows, row, REFERENCE[runtime])
+    return {
+        "ratio": first,
+        "ratio_raw_tcp": _ratio_to(rows, row, RAW_TCP[runtime]),
+        "ratio_picows": _ratio_to(rows, row, WS_REFERENCE.get(runtime)),
+    }
 
 
 def report(rows: list[dict[str, Any]], out: str, quick: bool, rounds: int) -> None:
@@ -269,21 +321,28 @@ def report(rows: list[dict[str, Any]], out: str, quick: bool, rounds: int) -> No
         f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )
-    for row in rows:
-        row["ratio"] = _ratio(rows, row)
+    computed = [ratios(rows, row) for row in rows]
+    for row, values in zip(rows, computed, strict=True):
+        row.update(values)
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine}; "
         f"{'quick sizes, ' if quick else ''}{rounds} interleaved round(s), medians. "
-        "Ratio: to the plain websockets loop of the same runtime "
-        "(for times and memory, lower is better); for reader limits, to the default 1 MiB.",
+        "Each ratio is the result over a reference's result in the same run "
+        "(for times and memory, lower is better): vs websockets, the plain websockets "
+        "loop of the same runtime (for reader limits, the default 1 MiB); vs raw TCP, "
+        "TCP streams of the same runtime (tcp.asyncio for asyncio and uvloop rows, "
+        "tcp.trio, tcp.sync: blocking sockets); vs picows, picows on asyncio's "
+        "transports, for asyncio and uvloop rows.",
         "",
-        "| scenario | implementation | result | ratio |",
-        "|---|---|---|---|",
+        "| scenario | implementation | result | " + " | ".join(RATIOS.values()) + " |",
+        "|---|---|---|" + "---|" * len(RATIOS),
     ]
     for row in rows:
-        ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        cells = ["" if row[key] is None else f"{row[key]:.2f}x" for key in RATIOS]
         lines.append(
-            f"| {row['scenario']} | {row['impl']} | {row['value']:.1f} {row['unit']} | {ratio} |"
+            f"| {row['scenario']} | {row['impl']} | {row['value']:.1f} {row['unit']} | "
+            + " | ".join(cells)
+            + " |"
         )
     table = "\n".join(lines)
     print(table)
@@ -291,7 +350,22 @@ def report(rows: list[dict[str, Any]], out: str, quick: bool, rounds: int) -> No
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.md").write_text(table + "\n")
     (folder / "results.json").write_text(
-        json.dumps({"machine": machine, "quick": quick, "rounds": rounds, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "machine": machine,
+                "quick": quick,
+                "rounds": rounds,
+                "ratios": {
+                    "ratio": "to the plain websockets loop of the same runtime "
+                    "(reader limits: to the default 1 MiB)",
+                    "ratio_raw_tcp": "to raw TCP streams of the same runtime: "
+                    + ", ".join(f"{k}: {v}" for k, v in RAW_TCP.items()),
+                    "ratio_picows": "to picows on asyncio's transports (asyncio, uvloop rows)",
+                },
+                "rows": rows,
+            },
+            indent=2,
+        )
     )
     chart(rows, folder / "results.png")
 
@@ -308,18 +382,28 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(12, 0.6 * len(scenarios) * max(1, len(impls) / 3) + 2))
     height = 0.8 / max(1, len(impls))
+    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # 20: one per impl
     for k, impl in enumerate(impls):
         values = []
         for s in scenarios:
             match = [r["ratio"] for r in rows if r["scenario"] == s and r["impl"] == impl]
             values.append(match[0] if match and match[0] is not None else 0)
-        ax.barh([i + k * height for i in range(len(scenarios))], values, height, label=impl)
+        ax.barh(
+            [i + k * height for i in range(len(scenarios))],
+            values,
+            height,
+            label=impl,
+            color=colors[k % len(colors)],
+        )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(scenarios))])
     ax.set_yticklabels(scenarios)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("ratio to the websockets loop of the same runtime (log scale)")
+    ax.set_xlabel(
+        "ratio to the websockets loop of the same runtime (log scale); "
+        "the raw TCP and picows ratios are in results.md"
+    )
     ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -61,6 +61,7 @@ from .client import cat, forward
 from .lifecycle import EXIT_ERROR, EXIT_OK, reserve_stdio
 from .report import configure_logging
 from .serve import serve
+from .tuning import tune_malloc
 from .workers import run_workers
 
 __all__ = ["build_parser", "main"]
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     reserve_stdio()
     config = parse_config(argv)
+    tune_malloc()  # before any worker is forked
     # cat stays out of the way (an SSH ProxyCommand): warnings and errors only.
     default_level = logging.WARNING if config.command == "cat" else logging.INFO
     configure_logging(config.prog, default_level, config.verbose, config.quiet)

@@ -47,6 +47,7 @@ from .lifecycle import (
     until_shutdown,
 )
 from .report import addr, describe, log_end, stats_output
+from .tuning import FRAME_SIZE
 from .tunnel import Tunnel
 from .unix import UnixListener, unix_peer
 
@@ -72,7 +73,8 @@ class Dialer:
         options: dict[str, Any] = {
             "additional_headers": Headers(list(config.headers)),
             "close_timeout": config.close_timeout,
-            "ping_interval": config.ping_interval,
+            "max_frame_size": FRAME_SIZE,
+        "ping_interval": config.ping_interval,
             "ping_timeout": config.ping_timeout,
         }
         if config.ssl_context is not None:

@@ -38,6 +38,7 @@ from .endpoints import TcpEndpoint, open_tcp, open_unix
 from .lifecycle import EXIT_ERROR, Sessions, Shutdown, Stopped, unless_stopped, until_shutdown
 from .report import addr, describe, log_end
 from .rules import CLEAN_CODES, SHUTDOWN
+from .tuning import FRAME_SIZE
 from .tunnel import WS_READ, Tunnel, watch_eof_marker
 from .unix import UnixListener, unix_peer
 
@@ -177,6 +178,7 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
         "select_subprotocol": _subprotocol_selector(accepted),
         "process_request": process_request,
         "close_timeout": close_timeout,
+        "max_frame_size": FRAME_SIZE,
         "ping_interval": config.ping_interval,
         "ping_timeout": config.ping_timeout,
     }

@@ -27,7 +27,7 @@ import trustme
 import ws_stream
 from ws_stream.events import Closed
 
-from ..rawpeer import BINARY, CLOSE, TEXT, RawPeer, RawServer, close_payload, connect_raw
+from ..rawpeer import BINARY, CLOSE, PING, TEXT, RawPeer, RawServer, close_payload, connect_raw
 from .helpers import accepting_server, collect_events, stream_of, stream_server
 
 DATA = os.urandom(1000)
@@ -370,3 +370,37 @@ def test_policy_discards_data_once_the_reader_is_full_after_a_local_close() -> N
     ended = StreamPolicy()
     ended.close_received(Close(1000, ""))
     assert not ended.may_pause()  # EOF: nothing more is buffered, read on
+
+
+async def test_a_ping_never_overtakes_bytes_written_before_it() -> None:
+    """Writes coalesced in one loop iteration go out before a ping sent after them.
+
+    ws-stream's EOF marker is a ping: had it overtaken the last bytes, the
+    server would half-close its target before writing them. A raw peer reads
+    the frames in wire order.
+    """
+    async with RawServer() as raw:
+        client = await ws_stream.connect_stream(raw.uri, ping_interval=None)
+        peer = await raw.accept()
+        chunks = [os.urandom(1000) for _ in range(5)]
+        for chunk in chunks:  # one loop iteration: the 2nd to 5th are coalesced
+            client.writer.write(chunk)
+
+        async def frames_until_the_ping() -> tuple[bytes, bytes]:
+            received = b""
+            while True:
+                frame = await peer.recv_frame()
+                if frame.opcode == PING:
+                    return received, frame.payload
+                assert frame.opcode == BINARY
+                received += frame.payload
+
+        reading = asyncio.create_task(frames_until_the_ping())
+        # Awaited at once, as the CLI does: the ping is sent in this iteration.
+        # (The raw peer answers no ping: only its place on the wire matters.)
+        with pytest.raises(TimeoutError):
+            await client.ping(b"after the data", timeout=0.5)
+        received, payload = await reading
+        assert payload == b"after the data"
+        assert received == b"".join(chunks)  # every byte before the ping
+        client.transport.abort()

@@ -438,6 +438,14 @@ class WsTransport(asyncio.Transport):
         else:
             self._lost_writes += 1
 
+    def flush(self) -> None:
+        """Hand the writes coalesced in this loop iteration to websockets now.
+
+        Whatever websockets is asked to send next (a ping, a close) goes
+        after them on the wire.
+        """
+        self._flush(reschedule=False)
+
     def _cancel_flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()

@@ -188,7 +188,8 @@ class WsStream:
     async def ping(self, data: bytes = b"", *, timeout: float | None = None) -> float:
         """Send a ping and return the round-trip time in seconds when its pong arrives.
 
-        An empty ``data`` sends a unique random payload, so pings may overlap.
+        The ping goes out after every byte written before the call. An empty
+        ``data`` sends a unique random payload, so pings may overlap.
 
         Raises:
             TimeoutError: no pong within ``timeout`` (default: ``ping_timeout``,
@@ -197,6 +198,9 @@ class WsStream:
         """
         if timeout is None:
             timeout = self._websocket.ping_timeout or 20.0
+        # Writes coalesced in this loop iteration go out first: a ping never
+        # overtakes bytes written before it (ws-stream's EOF marker relies on it).
+        self._transport.flush()
         try:
             async with asyncio.timeout(timeout):
                 pong = await self._websocket.ping(data or None)

@@ -20,8 +20,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from websockets.exceptions import ConnectionClosed
-
 from ..asyncio import EventStream, WsStream
 from ..events import Event, PingReceived
 from .endpoints import Endpoint
@@ -45,8 +43,10 @@ async def send_eof_marker(stream: WsStream) -> None:
     that is closing needs no marker.
     """
     logger.debug("the local input ended: telling the server (EOF marker ping)")
-    with contextlib.suppress(ConnectionClosed, ConnectionError, RuntimeError):
-        await stream.websocket.ping(EOF_MARKER)
+    # After every byte written before it (WsStream.ping's promise); the pong
+    # is not needed, only awaited so the ping is not left dangling.
+    with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+        await stream.ping(EOF_MARKER)
 
 
 async def watch_eof_marker(events: EventStream[Event], on_marker: Callable[[], None]) -> None:

@@ -385,3 +385,11 @@ def test_with_its_client_certificate_the_server_accepts(shell: str) -> None:
         ca.configure_trust(context)
         ca.issue_cert("client.example").configure_cert(context)
         SHELLS[shell](f"wss://127.0.0.1:{port}/", ssl=context)
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa?ss", "pa#ss", "p@ss", "pa%2Fss"])
+def test_redact_hides_passwords_with_any_character(password: str) -> None:
+    for uri in (f"ws://user:{password}@h:1/p", f"http://user:{password}@proxy:3128"):
+        shown = redact(uri)
+        assert password not in shown and "ss" not in shown.split("@")[0], shown
+        assert shown.endswith(("@h:1/p", "@proxy:3128")), shown

@@ -69,14 +69,16 @@ def redact(uri: str) -> str:
     """``uri`` with any ``user:password@`` hidden, for messages and logs.
 
     Also without a scheme (a mistyped proxy such as ``user:password@host:port``).
+    Everything up to the *last* ``@`` is hidden: a password typed with a
+    ``/``, ``?`` or ``#`` in it must not show, and hiding a little too much
+    (a path that holds an ``@``) only costs detail.
     """
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    if "@" not in rest:
+        return uri
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 # What an HTTP status answered to an upgrade request means, and what to do.

@@ -58,8 +58,12 @@ def proxy_url(text: str) -> str:
     try:
         parts = urlsplit(text)
         port = parts.port
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid proxy URL {shown!r}: {exc}") from None
+    except ValueError:
+        # urllib's message may quote a piece of the password: not shown.
+        raise argparse.ArgumentTypeError(
+            f"invalid proxy URL {shown!r}: expected SCHEME://[USER:PASSWORD@]HOST:PORT "
+            "with a port from 0 to 65535"
+        ) from None
     if parts.scheme.lower() not in SCHEMES:
         raise argparse.ArgumentTypeError(
             f"expected a proxy URL http://HOST:PORT, https://HOST:PORT, socks5://HOST:PORT or "

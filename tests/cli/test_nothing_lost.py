@@ -27,6 +27,7 @@ import pytest
 import ws_stream
 from ws_stream.events import Closed, CloseReceived
 
+from ..rawpeer import BINARY, CLOSE, PING, close_payload, connect_raw
 from .helpers import (
     LISTENING,
     ROOT,
@@ -620,3 +621,51 @@ def test_sighup_is_kept_ignored_under_nohup() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cat", "ws://user:se/cr?et@127.0.0.1:notaport/"],
+        ["cat", "http://user:se/cr?et@127.0.0.1:1/"],
+        ["cat", "--proxy", "http://user:se/cr?et@127.0.0.1:notaport", "ws://127.0.0.1:1/"],
+    ],
+)
+def test_bad_arguments_never_show_a_password(args: list[str]) -> None:
+    result = run_cli(*args, timeout=30)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert "***@" in err, err
+    assert "se/cr" not in err and "cr?et" not in err and "et@" not in err, err
+
+
+def test_data_after_the_eof_marker_fails_the_tunnel_with_1002(cli: Start) -> None:
+    """A broken client: bytes, the end-of-input marker, then more bytes."""
+
+    async def main() -> None:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await got.put(await reader.read())  # until the half-close
+            await asyncio.sleep(5)  # stays open: only the violation ends the tunnel
+            writer.close()
+
+        server = await asyncio.start_server(target, "127.0.0.1", 0)
+        async with server:
+            serve, uri = await asyncio.to_thread(
+                start_bridge, cli, server.sockets[0].getsockname()[1]
+            )
+            peer = await connect_raw(int(uri.rsplit(":", 1)[1].rstrip("/")))
+            peer.send(BINARY, b"before")
+            peer.send(PING, b"ws-stream:eof")
+            assert await asyncio.wait_for(got.get(), 10) == b"before"  # then EOF
+            peer.send(BINARY, b"after")
+            code, _ = await peer.recv_close()
+            peer.send(CLOSE, close_payload(code))  # the closing handshake
+            await peer.writer.drain()
+            peer.close_tcp()
+            line = await asyncio.to_thread(serve.wait_for, "closed after")
+        assert code == 1002
+        assert "after its end-of-input marker" in line.string, serve.stderr
+
+    run(main())

@@ -254,3 +254,27 @@ def test_a_local_side_that_does_not_take_the_last_bytes_in_time() -> None:
     assert r.ending(peer_code=1001, peer_reason="", ws_error=None, local_late=True) == Ending(
         "the client did not take the last bytes in time", True
     )
+
+
+def test_data_after_the_peer_eof_marker_is_a_broken_peer() -> None:
+    r = rules(role="target")
+    assert r.peer_eof() is True
+    assert r.received(0.0, 5) == (5, None)  # still before the half-close: written
+    r.eof_passed()
+    size, close = r.received(1.0, 7)
+    assert size == 0 and close is not None and close[:2] == (1002, "data after the end of input")
+    r.closing(close)
+    ending = r.ending(peer_code=1002, peer_reason="", ws_error=None)
+    assert ending.error is not None and "after its end-of-input marker" in ending.error
+
+
+def test_linger_starts_when_the_server_has_read_our_last_bytes() -> None:
+    """A slow uplink still carrying our bytes after the local EOF is not silence."""
+    r = rules(role="client", linger=2.0)
+    assert r.local_eof(0.0, marker=True) is None
+    assert r.deadline() is None  # the marker's pong has not come
+    assert r.poll(5.0) is None
+    r.input_delivered(6.0)  # the server read everything before the marker
+    assert r.deadline() == 8.0
+    close = r.poll(8.0)
+    assert close is not None and close.early

@@ -157,6 +157,8 @@ class TunnelRules:
         self._writing = False  # a local write is pending
         self._eof_at: float | None = None
         self._peer_eof = False  # the WebSocket peer's input ended (EOF_MARKER)
+        self._eof_passed = False  # ... and the local side got its EOF
+        self._delivering = False  # our EOF marker's pong has not come yet
         self._gone_at: float | None = None  # our write failed after the local EOF
         self._closed = False  # a close decision was returned: no more timers
         self.close_sent: Close | None = None
@@ -172,6 +174,15 @@ class TunnelRules:
         with 1000 (a clean end: the user asked for it).
         """
         self._last_received = self._last_any = now
+        if self._eof_passed:
+            # The peer said its input ended, and the local side has its EOF:
+            # bytes now have nowhere to go. A broken peer: fail, say so.
+            if self.local_error is None:
+                self.local_error = (
+                    f"the peer sent {size} bytes after its end-of-input marker "
+                    f"({EOF_MARKER.decode()}): a broken peer"
+                )
+            return 0, self._decide(Close(1002, "data after the end of input"))
         if self._remaining is None:
             return size, None
         size = min(size, self._remaining)
@@ -193,12 +204,25 @@ class TunnelRules:
         """Bytes from the local side went to the server."""
         self._last_any = now
 
-    def local_eof(self, now: float) -> Close | None:
-        """The local side ended (EOF). Returns a close to send now (``--linger 0``), or None."""
+    def local_eof(self, now: float, *, marker: bool = False) -> Close | None:
+        """The local side ended (EOF). Returns a close to send now (``--linger 0``), or None.
+
+        ``marker``: the shell sends the :data:`EOF_MARKER` ping now; the
+        ``--linger`` clock then starts only at :meth:`input_delivered` (its
+        pong: the server has read every byte before it), so a slow uplink still
+        carrying our last bytes is not the server's silence.
+        """
         self._eof_at = now
         if self.linger == 0:
             return self._decide(Close(1000, "", f"{self.role}: EOF: closing"))
+        self._delivering = marker
         return None
+
+    def input_delivered(self, now: float) -> None:
+        """The pong to the EOF marker came (or the ping failed): start the linger clock."""
+        if self._delivering:
+            self._delivering = False
+            self._eof_at = max(self._eof_at or now, now)
 
     def peer_eof(self) -> bool:
         """The WebSocket peer's input ended (a ping carrying :data:`EOF_MARKER`).
@@ -211,6 +235,10 @@ class TunnelRules:
             return False
         self._peer_eof = True
         return True
+
+    def eof_passed(self) -> None:
+        """The shell half-closed the local side after :meth:`peer_eof`: nothing may follow."""
+        self._eof_passed = True
 
     def discarded(self, now: float, size: int) -> Close | None:
         """``size`` bytes from the server had nowhere to go (the local side failed).
@@ -289,7 +317,7 @@ class TunnelRules:
         if self._closed or self._writing:
             return None
         due = math.inf
-        if self._eof_at is not None and 0 < self.linger < math.inf:
+        if self._eof_at is not None and 0 < self.linger < math.inf and not self._delivering:
             due = max(self._last_received, self._eof_at, self._unblocked_at) + self.linger
         if self.idle_timeout is not None:
             due = min(due, max(self._last_any, self._unblocked_at) + self.idle_timeout)
@@ -304,7 +332,7 @@ class TunnelRules:
             # Nothing was lost after the local side went away: a normal end.
             why = f"the {self.role} is gone and the server sent nothing more: closing"
             return self._decide(Close(1000, "", why))
-        if self._eof_at is not None and 0 < self.linger < math.inf:
+        if self._eof_at is not None and 0 < self.linger < math.inf and not self._delivering:
             linger_due = max(self._last_received, self._eof_at, self._unblocked_at) + self.linger
             if now >= linger_due:
                 return self._decide(

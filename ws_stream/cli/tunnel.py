@@ -171,6 +171,10 @@ class Tunnel:
                     self._decided(rules.discarded(loop.time(), len(data)))
                 continue
             size, close = rules.received(loop.time(), len(data))
+            if not size:
+                discarding = True
+                self._decided(close)
+                continue
             if size < len(data):
                 data = data[:size]
             rules.local_write_started(loop.time())
@@ -202,12 +206,15 @@ class Tunnel:
                 return
             if not data:
                 logger.debug("%s: EOF", self.local.role)
-                close = self.rules.local_eof(self._loop.time())
+                close = self.rules.local_eof(self._loop.time(), marker=True)
                 if close is not None:
                     self._begin_close(close)
                 else:
                     self._arm()
                     await send_eof_marker(self.stream)
+                    # Its pong: the server has read all we sent; linger from now.
+                    self.rules.input_delivered(self._loop.time())
+                    self._arm()
                 return
             if writer.is_closing():
                 return  # the peer closed: _ws_to_local sees how
@@ -275,6 +282,8 @@ class Tunnel:
             self.local.send_eof()
         except OSError as exc:
             self._local_failed(exc, writing=True)
+            return
+        self.rules.eof_passed()
 
     def _begin_close(self, close: Close | None) -> None:
         """Send a close frame; the WebSocket reader still delivers until the peer's close.

@@ -49,6 +49,37 @@ def test_console_script_is_installed() -> None:
         (["serve", "--cert", "cert.pem"], "--cert and --key go together"),
         (["serve", "--max-connections", "0"], "expected a whole number >= 1"),
         (["serve", "--close-timeout", "-1"], "expected a number of seconds >= 0"),
+        (["serve", "--workers", "5000"], "expected at most 256 workers"),
+        (["serve", "--workers", "257"], "expected at most 256 workers"),
+        (["serve", "--path", "noslash"], "expected a request path starting with /"),
+        (["serve", "--path", "/vnc?x=1"], "without query"),
+        (["serve", "--origin", ""], "the origin is empty"),
+        (["serve", "--origin", "null"], "`null` is not allowed"),
+        (["serve", "--origin", "https://vnc.example/"], "no path, query or trailing /"),
+        (["serve", "--origin", "https://Vnc.example"], "browsers send the host in lowercase"),
+        (["serve", "--origin", "https://vnc.example:443"], "write https://vnc.example"),
+        (["serve", "--origin", "https://a..b"], "cannot have an empty label"),
+        (
+            ["serve", "--to", "127.0.0.1:1", "--to-tls", "--to-server-name", "a..b:443"],
+            "expected a host name or an IP address, got 'a..b:443': no port",
+        ),
+        (
+            ["serve", "--to", "127.0.0.1:1", "--to-tls", "--to-server-name", "a..b"],
+            "cannot have an empty label",
+        ),
+        (
+            ["serve", "--to", "127.0.0.1:1", "--to-tls", "--to-server-name", "a" * 64 + ".b"],
+            "is not 1-63 letters, digits, - or _",
+        ),
+        (
+            ["serve", "--to", "127.0.0.1:1", "--to-tls", "--to-server-name", "a." * 127 + "b"],
+            "at most 253 are allowed",
+        ),
+        (["serve", "--ping-interval", "1e-7"], "expected 0 (off) or a number of seconds >= 0.1"),
+        (["serve", "--ping-timeout", "0.01"], "expected 0 (off) or a number of seconds >= 0.1"),
+        (["cat", "--ping-interval", "1e-7", "ws://h/"], "seconds >= 0.1"),
+        (["serve", "--host", ""], "use 0.0.0.0 (IPv4) or :: (IPv6) to listen on every"),
+        (["serve", "--workers", "2", "--host", ""], "expected an address to listen on"),
         (["forward", "ws://127.0.0.1:1/"], "the following arguments are required: --listen"),
         (["forward", "--listen", "127.0.0.1:x", "ws://h/"], "expected a port number"),
         (["cat"], "the following arguments are required: URI"),
@@ -127,3 +158,35 @@ def test_the_configuration_never_shows_the_token_or_the_password() -> None:
     assert config.listen == HostPort("127.0.0.1", 5901)
     assert ("Authorization", "Bearer s3cret") in config.headers
     assert "s3cret" not in repr(config) and "hunter2" not in repr(config)
+
+
+def test_the_tightened_options_still_accept_good_values() -> None:
+    from ws_stream.cli.args import ServeConfig, parse_config
+
+    config = parse_config(
+        [
+            "serve",
+            "--host", "::",
+            "--workers", "256",
+            "--path", "/vnc",
+            "--origin", "https://vnc.example",
+            "--origin", "http://[::1]:8080",
+            "--to", "127.0.0.1:5900",
+            "--to-tls",
+            "--to-server-name", "vnc_target.internal",
+            "--ping-interval", "0.1",
+            "--ping-timeout", "0",
+        ]
+    )  # fmt: skip
+    assert isinstance(config, ServeConfig)
+    assert (config.host, config.workers, config.path) == ("::", 256, "/vnc")
+    assert config.origins == ("https://vnc.example", "http://[::1]:8080")
+    assert config.target_tls is not None
+    assert config.target_tls.server_name == "vnc_target.internal"
+    assert (config.ping_interval, config.ping_timeout) == (0.1, None)
+    for name in ("10.0.0.1", "::1", "db"):
+        config = parse_config(
+            ["serve", "--to", "127.0.0.1:1", "--to-tls", "--to-server-name", name]
+        )
+        assert isinstance(config, ServeConfig) and config.target_tls is not None
+        assert config.target_tls.server_name == name

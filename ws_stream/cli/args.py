@@ -18,6 +18,7 @@ client).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -30,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from .. import __version__
+from .._handshake import redact
 from .._options import StreamOptions
 from ..reconnect import ReconnectPolicy
 from .proxy import DIRECT, ENVIRONMENT_HELP, ProxyChoice, choose_proxy, proxy_url
@@ -314,6 +316,134 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: ``--ping-interval``/``--ping-timeout``: the shortest non-zero value (0 means off).
+_MIN_PING = 0.1
+
+
+def _ping_seconds(text: str) -> float:
+    value = _seconds(text)
+    if 0 < value < _MIN_PING:
+        raise argparse.ArgumentTypeError(
+            f"expected 0 (off) or a number of seconds >= {_MIN_PING}, got {text!r}"
+        )
+    return value
+
+
+#: ``serve --workers``: at most this many processes (a few per core of a big machine).
+_MAX_WORKERS = 256
+
+
+def _workers(text: str) -> int:
+    value = _positive_int(text)
+    if value > _MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {_MAX_WORKERS} workers (about one per CPU core; this machine "
+            f"has {os.cpu_count() or 'an unknown number of'}), got {text!r}"
+        )
+    return value
+
+
+def _listen_host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected an address to listen on, got {text!r}: use 0.0.0.0 (IPv4) or :: (IPv6) "
+            "to listen on every interface"
+        )
+    return text
+
+
+def _request_path(text: str) -> str:
+    if not text.startswith("/") or any(c in "?#" or c.isspace() or c < " " for c in text):
+        raise argparse.ArgumentTypeError(
+            f"expected a request path starting with / (for example /vnc), without query, "
+            f"fragment, spaces or control characters, got {text!r}"
+        )
+    return text
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` is not a DNS name or an IP address, or None when it is one."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return None
+    if ":" in name:
+        return "no port (and an IPv6 address goes without brackets)"
+    if len(name) > 253:
+        return f"it is {len(name)} characters long, at most 253 are allowed"
+    labels = name.split(".")
+    if any(not label for label in labels):
+        return "a name cannot have an empty label (.. or a leading or trailing dot)"
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            return (
+                f"the label {label!r} is not 1-63 letters, digits, - or _ (with no - at either end)"
+            )
+    if labels[-1].isdigit():
+        return "not a valid IP address"
+    return None
+
+
+def _server_name(text: str) -> str:
+    problem = _name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(
+            f"expected a host name or an IP address, got {text!r}: {problem}"
+        )
+    return text
+
+
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[^\[\]:/?#@]+)(?::([0-9]+))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(text: str) -> str:
+    expected = (
+        f"expected an origin as scheme://host[:port] (for example https://vnc.example), "
+        f"got {text!r}"
+    )
+    if not text:
+        raise argparse.ArgumentTypeError(f"{expected}: the origin is empty")
+    if text == "null":
+        raise argparse.ArgumentTypeError(
+            f"{expected}: `null` is not allowed: browsers send it for sandboxed frames and "
+            "local files, which any site can create, so it would let every page in"
+        )
+    match = _ORIGIN.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{expected}: browsers send exactly that, the scheme in lowercase, with no path, "
+            "query or trailing /"
+        )
+    scheme, host, port = match.groups()
+    if host.startswith("["):
+        problem = None if _is_ip(host[1:-1], 6) else "not a valid IPv6 address"
+    else:
+        problem = _name_problem(host)
+    if problem is None and host != host.lower():
+        problem = "browsers send the host in lowercase"
+    if problem is None and port is not None:
+        if not 1 <= int(port) <= 65535:
+            problem = "the port must be 1-65535"
+        elif _DEFAULT_PORTS.get(scheme) == int(port):
+            problem = f"browsers leave out the default port: write {scheme}://{host}"
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{expected}: {problem}")
+    return text
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -340,12 +470,16 @@ def _ws_uri(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            f"expected a ws:// or wss:// URI (for example ws://127.0.0.1:8765/), got {text!r}"
+            "expected a ws:// or wss:// URI (for example ws://127.0.0.1:8765/), "
+            f"got {redact(text)!r}"
         )
     try:
         parts.port  # noqa: B018 - validates the port
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid port in {text!r}: {exc}") from None
+    except ValueError:
+        # urllib's message may quote a piece of the password: not shown.
+        raise argparse.ArgumentTypeError(
+            f"invalid port in {redact(text)!r}: expected a number from 0 to 65535"
+        ) from None
     return text
 
 
@@ -485,18 +619,18 @@ def _common_options() -> argparse.ArgumentParser:
     keepalive = common.add_argument_group("keepalive")
     keepalive.add_argument(
         "--ping-interval",
-        type=_seconds,
+        type=_ping_seconds,
         metavar="S",
         help="send a WebSocket ping every S seconds; pings are traffic, so they also keep "
         "proxies and load balancers from cutting an idle tunnel: keep S below their idle "
-        "timeout (default: 20; 0: no pings)",
+        "timeout, and at least 0.1 (default: 20; 0: no pings)",
     )
     keepalive.add_argument(
         "--ping-timeout",
-        type=_seconds,
+        type=_ping_seconds,
         metavar="S",
         help="close the connection with 1011 when a ping gets no answer within S seconds "
-        "(a dead peer or network path) (default: 20; 0: wait forever)",
+        "(a dead peer or network path) (at least 0.1; default: 20; 0: wait forever)",
     )
     return common
 
@@ -618,7 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_SERVE_EPILOG + "\n" + _EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", help=f"address to listen on (default: {_SERVE_HOST})")
+    serve.add_argument(
+        "--host", type=_listen_host, help=f"address to listen on (default: {_SERVE_HOST})"
+    )
     serve.add_argument(
         "--port",
         type=_port,
@@ -646,9 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bridge every connection to this target: a TCP address or a Unix socket "
         "(default: echo)",
     )
-    serve.add_argument("--path", help="accept this request path only (others get 404)")
+    serve.add_argument(
+        "--path", type=_request_path, help="accept this request path only (others get 404)"
+    )
     serve.add_argument(
         "--origin",
+        type=_origin,
         action="append",
         default=[],
         metavar="ORIGIN",
@@ -686,17 +825,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target_tls.add_argument(
         "--to-server-name",
+        type=_server_name,
         metavar="NAME",
         help="with --to-tls: the name the target's certificate must carry, also sent as "
         "SNI (default: the --to host; required for a unix: target)",
     )
     serve.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_workers,
         default=1,
         metavar="N",
         help="run N processes sharing the listening port (SO_REUSEPORT, Linux only); "
-        "signals, --stats and --max-connections cover all of them (default: 1)",
+        "signals, --stats and --max-connections cover all of them (1-256; default: 1)",
     )
     serve.set_defaults(parser=serve)
 
@@ -860,8 +1000,6 @@ def _target_tls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ta
                 "target's certificate carries"
             )
         name = args.to.host
-    elif not name or any(c.isspace() or c in "/\0" for c in name):
-        parser.error(f"--to-server-name: expected a host name, got {name!r}")
     try:
         # Without a cafile: the system's CAs. With one: that file's CAs only.
         context = ssl.create_default_context(cafile=args.to_cafile)

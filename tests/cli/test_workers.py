@@ -27,7 +27,7 @@ from ws_stream.cli.args import workers_problem
 from ws_stream.events import CloseReceived
 
 from ..rawpeer import connect_raw
-from .helpers import Cli, run, run_cli, start_tcp_echo
+from .helpers import Cli, free_port, run, run_cli, start_tcp_echo
 
 Start = Callable[..., Cli]
 
@@ -333,3 +333,91 @@ def test_workers_need_linux_so_reuseport() -> None:
     assert problem is not None
     assert "SO_REUSEPORT" in problem and "(darwin)" in problem and "--workers 1" in problem
     assert "--unix" in (workers_problem(2, unix=True, platform="linux") or "")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _processes_with(marker: str) -> list[int]:
+    """The live processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and not _gone(int(entry.name)):
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_no_worker_is_left_when_the_parent_is_killed_as_it_starts(cli: Start) -> None:
+    # Killed right after the listening line, and (three times) right after
+    # its forks: before its workers' ``listening`` messages (their pipe then
+    # breaks), or before they set their parent-death signal.
+    serve, port, pids = _start(cli, "--workers", "2")
+    serve.proc.kill()
+    ports = {port: pids}
+    for _ in range(3):
+        port = free_port()
+        serve = cli("serve", "--workers", "2", "--port", str(port))
+        deadline = time.monotonic() + 10
+        while len(kids := _children(serve.proc.pid)) < 2 and time.monotonic() < deadline:
+            pass
+        serve.proc.kill()
+        ports[port] = kids
+    deadline = time.monotonic() + 10
+    for port, kids in ports.items():
+        assert kids
+        while not all(_gone(pid) for pid in kids):
+            assert time.monotonic() < deadline, f"workers {kids} outlived their parent"
+            time.sleep(0.05)
+        assert _refuses(port)
+
+
+def test_a_port_served_by_another_workers_server_is_in_use(cli: Start) -> None:
+    first, port, _ = _start(cli, "--workers", "2")
+    result = run_cli("serve", "--workers", "2", "--port", str(port))
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert stderr.count(f"cannot listen on 127.0.0.1:{port}: ") == 1, stderr
+    assert "worker" not in stderr
+
+    async def main() -> None:  # the first one still serves every connection
+        for _ in range(10):
+            stream = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/")
+            stream.writer.write(b"x")
+            assert await stream.reader.readexactly(1) == b"x"
+            await stream.close()
+
+    run(main())
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+
+
+def test_a_signal_while_the_workers_start_stops_everything_with_exit_0(cli: Start) -> None:
+    for _ in range(3):
+        marker = f"/starting-{os.getpid()}-{time.monotonic_ns()}"
+        serve = cli("serve", "--workers", "4", "--port", "0", "--path", marker)
+        deadline = time.monotonic() + 10
+        while not _children(serve.proc.pid) and time.monotonic() < deadline:
+            pass
+        serve.signal(signal.SIGTERM)  # as it forks: before its listening line
+        assert serve.wait(15) == 0, serve.stderr
+        assert "error" not in serve.stderr
+        deadline = time.monotonic() + 10
+        while left := _processes_with(marker):
+            assert time.monotonic() < deadline, f"processes left: {left}"
+            time.sleep(0.05)

@@ -49,7 +49,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from .args import ServeConfig
@@ -115,6 +115,8 @@ class WorkerLink:
         reader, writer = await asyncio.open_unix_connection(sock=self._sock)
         _send(writer, {"listening": list(urls), "what": what})
         tasks = [asyncio.create_task(self._obey(reader, shutdown))]
+        # From now on the pipe's end tells of the parent's death (see _obey).
+        _parent_death_signal(0)
         if self._report_every is not None:
             tasks.append(asyncio.create_task(self._report(writer, sessions, self._report_every)))
         try:
@@ -130,7 +132,13 @@ class WorkerLink:
 
     @staticmethod
     async def _obey(reader: asyncio.StreamReader, shutdown: Shutdown) -> None:
-        while line := await reader.readline():
+        while True:
+            try:
+                line = await reader.readline()
+            except Exception:  # the pipe broke (EPIPE on a write): as its end
+                break
+            if not line:
+                break
             command = line.strip()
             if command == b"stop" and not shutdown.requested.done():
                 os.kill(os.getpid(), signal.SIGTERM)  # Shutdown's first signal
@@ -182,6 +190,19 @@ def _worker_main(
         return EXIT_OK
 
 
+def _parent_death_signal(sig: int) -> None:
+    """Have Linux send ``sig`` (0: none) to this process when its parent dies."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 # In the parent
 
 
@@ -201,6 +222,8 @@ class _Worker:
     listening: asyncio.Future[None] | None = None
     #: Its exit status (:func:`os.waitstatus_to_exitcode`); None while it runs.
     status: int | None = None
+    #: Sent a SIGTERM by the parent (to stop before it listened).
+    killed: bool = False
 
     @property
     def name(self) -> str:
@@ -244,13 +267,16 @@ def run_workers(config: ServeConfig) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s: %s", addr((config.host, config.port)), describe(exc))
         return EXIT_ERROR
+    # A stop signal while forking waits for the parent's handlers (in
+    # _supervise): the parent would otherwise die, leaving the forked workers.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         limit = None if config.max_connections is None else SharedLimit(config.max_connections)
         config = dataclasses.replace(config, port=port)
         workers: list[_Worker] = []
         try:
             for index in range(1, config.workers + 1):
-                workers.append(_fork(index, config, limit, workers, reserved))
+                workers.append(_fork(index, config, limit, workers, reserved, mask))
         except OSError as exc:
             logger.error("cannot start worker %d: %s", len(workers) + 1, describe(exc))
             for worker in workers:
@@ -258,8 +284,9 @@ def run_workers(config: ServeConfig) -> int:
                     os.kill(worker.pid, signal.SIGTERM)
                 os.waitpid(worker.pid, 0)
             return EXIT_ERROR
-        return asyncio.run(_supervise(config, workers))
+        return asyncio.run(_supervise(config, workers, mask))
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sock in reserved:
             sock.close()
 
@@ -271,11 +298,21 @@ def _reserve(host: str, port: int) -> tuple[list[socket.socket], int]:
     A socket that is bound but not listening gets no connections: it only
     keeps the port. Raises OSError (the address cannot be resolved, or is in
     use by a socket that is not ours).
+
+    ``SO_REUSEPORT`` would share a fixed port with another server that set
+    it too (another ``--workers``): each address is first bound without it
+    (as a single process binds), which fails when anything listens there.
     """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     reserved: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in dict.fromkeys(infos):
+            if port != 0:
+                with socket.socket(family, type_, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    probe.bind((sockaddr[0], port, *sockaddr[2:]))
             sock = socket.socket(family, type_, proto)
             reserved.append(sock)
             # As asyncio's create_server(reuse_port=True) sets them in the workers.
@@ -298,19 +335,32 @@ def _fork(
     limit: SharedLimit | None,
     started: Sequence[_Worker],
     reserved: Sequence[socket.socket],
+    mask: Iterable[int],
 ) -> _Worker:
-    """Fork worker ``index``; in the child, run it and exit (never returns there)."""
+    """Fork worker ``index``; in the child, run it and exit (never returns there).
+
+    ``mask``: the signal mask to restore in the child (the parent blocks the
+    stop signals while it forks).
+    """
     ours, theirs = socket.socketpair()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         status = EXIT_ERROR
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            # Until its pipe is watched (WorkerLink.running), a worker learns
+            # of its parent's death (a SIGKILL) by this signal.
+            _parent_death_signal(signal.SIGTERM)
             ours.close()
             for sock in (*(w.sock for w in started), *reserved):
                 sock.close()  # another worker's pipe held here would hide the parent's end
-            status = _worker_main(index, theirs, config, limit)
+            if os.getppid() == parent:  # else it died before the signal was set
+                status = _worker_main(index, theirs, config, limit)
+            else:
+                status = EXIT_OK
         except BaseException:
             logger.exception("worker %d: internal error", index)
         finally:
@@ -322,8 +372,11 @@ def _fork(
     return _Worker(index, pid, ours)
 
 
-async def _supervise(config: ServeConfig, workers: list[_Worker]) -> int:
-    """The parent's event loop: listening line, ``--stats``, signals, the workers' ends."""
+async def _supervise(config: ServeConfig, workers: list[_Worker], mask: Iterable[int]) -> int:
+    """The parent's event loop: listening line, ``--stats``, signals, the workers' ends.
+
+    ``mask``: the signal mask to restore once the handlers are installed.
+    """
     loop = asyncio.get_running_loop()
     totals = _Totals(workers, time.monotonic())
     stopping = False
@@ -339,6 +392,7 @@ async def _supervise(config: ServeConfig, workers: list[_Worker]) -> int:
                 # (or the default action) take a signal.
                 with contextlib.suppress(OSError):
                     os.kill(worker.pid, signal.SIGTERM)
+                    worker.killed = True
             else:
                 worker.command(command)
 
@@ -355,6 +409,7 @@ async def _supervise(config: ServeConfig, workers: list[_Worker]) -> int:
         if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
             continue  # nohup: kept, as a single process does
         loop.add_signal_handler(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held back comes now
 
     async def watch(worker: _Worker) -> _Worker:
         reader, worker.writer = await asyncio.open_unix_connection(sock=worker.sock)
@@ -400,7 +455,10 @@ async def _supervise(config: ServeConfig, workers: list[_Worker]) -> int:
                     )
                     stopping = True
                     stop(b"stop")
-                elif worker.status != EXIT_OK:
+                elif worker.status != EXIT_OK and not (
+                    # Our SIGTERM came before its handlers: its default action.
+                    worker.killed and worker.status == -signal.SIGTERM
+                ):
                     failed = True
                     if not forced:
                         logger.error("%s %s while stopping", worker.name, _how(worker.status))

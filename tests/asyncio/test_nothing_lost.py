@@ -404,3 +404,12 @@ async def test_a_ping_never_overtakes_bytes_written_before_it() -> None:
         assert payload == b"after the data"
         assert received == b"".join(chunks)  # every byte before the ping
         client.transport.abort()
+
+
+async def test_close_code_sent_is_the_code_of_our_close_frame() -> None:
+    async with accepting_server() as (port, accepted):
+        client = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/", ping_interval=None)
+        await asyncio.wait_for(accepted.get(), 10)
+        assert client.close_code_sent is None
+        await client.close(4000, "bye")
+        assert client.close_code_sent == 4000

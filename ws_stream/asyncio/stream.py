@@ -120,6 +120,12 @@ class WsStream:
         return peer_close(ws.close_rcvd, ws.state is CLOSED)[1]
 
     @property
+    def close_code_sent(self) -> int | None:
+        """The code of the close frame this side sent: None if none was sent (yet)."""
+        sent = self._websocket.protocol.close_sent
+        return None if sent is None else sent.code
+
+    @property
     def error(self) -> Exception | None:
         """What ended the stream abnormally (text frame, violation, lost connection), or None."""
         return self._transport.error

@@ -94,8 +94,8 @@ def describe(exc: BaseException) -> str:
 
 def log_end(who: str, stream: WsStream, duration: float, error: str | None) -> None:
     """The line that ends a connection: info when it ended cleanly, a warning with ``error``."""
-    ws = stream.websocket.protocol
-    sent_code = ws.close_sent.code if ws.close_sent is not None else "-"
+    sent = stream.close_code_sent
+    sent_code = "-" if sent is None else sent
     level = logging.INFO if error is None else logging.WARNING
     logger.log(
         level,

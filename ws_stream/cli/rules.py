@@ -161,7 +161,7 @@ class TunnelRules:
         self._delivering = False  # our EOF marker's pong has not come yet
         self._gone_at: float | None = None  # our write failed after the local EOF
         self._closed = False  # a close decision was returned: no more timers
-        self.close_sent: Close | None = None
+        self.our_close: Close | None = None
         self.local_error: str | None = None
         self.local_broken = False
 
@@ -260,7 +260,7 @@ class TunnelRules:
 
     def closing(self, close: Close) -> None:
         """The shell sent ``close`` (no close from the server had arrived before)."""
-        self.close_sent = close
+        self.our_close = close
 
     def local_failed(
         self, exc: OSError, *, writing: bool, ws_closing: bool, now: float | None = None
@@ -283,7 +283,7 @@ class TunnelRules:
                 )
             error = f"cannot read stdin: {what}"
             return self._fail(Close(1011, "cannot read the input"), logging.DEBUG, error, error)
-        closing = ws_closing or self.close_sent is not None
+        closing = ws_closing or self.our_close is not None
         ended = closing or (not writing and self._peer_eof)
         if isinstance(exc, _RESETS):
             if writing and not closing and self._eof_at is not None:
@@ -373,7 +373,7 @@ class TunnelRules:
         one. ``local_late``: a close began and the local side did not take
         the last bytes within the close timeout.
         """
-        ours = self.close_sent
+        ours = self.our_close
         error: str | None = None
         if local_late:
             self.local_broken = True

@@ -295,7 +295,7 @@ class Tunnel:
             self._deadline.reschedule(self._loop.time() + self._close_timeout + 1)
         if self._up is not None and self._up is not asyncio.current_task():
             self._up.cancel()
-        if close is None or self.rules.close_sent is not None or self.stream.writer.is_closing():
+        if close is None or self.rules.our_close is not None or self.stream.writer.is_closing():
             return  # a close is under way already (ours, or the peer's)
         logger.debug("%s", close.why or "closing")  # an early end is reported at the end
         self.rules.closing(close)

@@ -18,7 +18,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from websockets.frames import Close
 
@@ -173,6 +173,25 @@ class IdleTimeoutError(TimeoutError):
     the ``__cause__`` of :exc:`trio.BrokenResourceError`); it is never a clean
     EOF, since the peer did not end the stream.
     """
+
+
+class CloseFrames(NamedTuple):
+    """A stream's closing handshake as its shell reports it to the reconnect loop.
+
+    ``received``/``sent``: the close frames (None: none yet);
+    ``received_first``: the peer closed first (None: not both yet);
+    ``tcp_closed``: the connection is gone.
+    """
+
+    received: Close | None
+    sent: Close | None
+    received_first: bool | None
+    tcp_closed: bool
+
+
+def stream_over(frames: CloseFrames, error: BaseException | None) -> bool:
+    """The stream is over for its reader: the peer's close frame, a failure, or TCP gone."""
+    return frames.received is not None or error is not None or frames.tcp_closed
 
 
 class CloseError(WsStreamError):

@@ -263,3 +263,14 @@ def test_a_close_with_an_error_code_counts_as_an_error() -> None:
     lost = AbnormalClosureError("lost")
     m.disconnected(lost, 3.5, close_rcvd=c(1011), close_sent=None, rcvd_then_sent=None)
     assert m.last_error is lost and m.error_count == 3
+
+
+def test_a_stream_is_over_at_the_peers_close_a_failure_or_the_tcp_end() -> None:
+    from ws_stream.reconnect import CloseFrames, stream_over
+
+    open_ = CloseFrames(None, None, None, tcp_closed=False)
+    assert not stream_over(open_, None)
+    assert not stream_over(CloseFrames(None, Close(1000, ""), None, False), None)  # ours only
+    assert stream_over(CloseFrames(Close(1000, ""), None, None, False), None)
+    assert stream_over(open_, ConnectionResetError())
+    assert stream_over(CloseFrames(None, None, None, tcp_closed=True), None)

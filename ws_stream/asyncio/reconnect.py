@@ -8,8 +8,6 @@ import math
 from types import TracebackType
 from typing import Any, Self
 
-from websockets.protocol import CLOSED
-
 from .._policy import Subscription
 from ..events import Event
 from ..reconnect import (
@@ -18,6 +16,7 @@ from ..reconnect import (
     ReconnectMachine,
     ReconnectPolicy,
     keepalive_options,
+    stream_over,
 )
 from .client import connect_stream
 from .stream import EventStream, WsStream
@@ -140,13 +139,13 @@ class Reconnecting:
 
     def _ended(self, stream: WsStream) -> None:
         loop = stream.websocket.loop
-        ws = stream.websocket.protocol
+        frames = stream._close_frames()
         delay = self._machine.disconnected(
             self._idle_error or stream.error,
             loop.time(),
-            close_rcvd=ws.close_rcvd,
-            close_sent=ws.close_sent,
-            rcvd_then_sent=ws.close_rcvd_then_sent,
+            close_rcvd=frames.received,
+            close_sent=frames.sent,
+            rcvd_then_sent=frames.received_first,
             final=self._closed,
         )
         if delay is not None:
@@ -214,8 +213,7 @@ class Reconnecting:
 
 def _ended(stream: WsStream) -> bool:
     """The stream is over for its reader: the peer's close frame, a failure, or TCP gone."""
-    ws = stream.websocket.protocol
-    return ws.close_rcvd is not None or stream.error is not None or ws.state is CLOSED
+    return stream_over(stream._close_frames(), stream.error)
 
 
 def _reading_paused(stream: WsStream) -> bool:

@@ -17,6 +17,7 @@ from websockets.protocol import CLOSED, SERVER
 from .._options import StreamOptions
 from .._policy import EventHub, Subscription, check_close, peer_close
 from ..events import Event
+from ..reconnect import CloseFrames
 from ..stats import StreamStats
 from ._reader import ChunkedStreamReader
 from ._transport import WsTransport
@@ -118,6 +119,13 @@ class WsStream:
         """The peer's close reason: None while open, "" if none was received."""
         ws = self._websocket.protocol
         return peer_close(ws.close_rcvd, ws.state is CLOSED)[1]
+
+    def _close_frames(self) -> CloseFrames:
+        """The closing handshake so far, for the reconnect loop (package-internal)."""
+        ws = self._websocket.protocol
+        return CloseFrames(
+            ws.close_rcvd, ws.close_sent, ws.close_rcvd_then_sent, ws.state is CLOSED
+        )
 
     @property
     def close_code_sent(self) -> int | None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import trio
-from websockets.protocol import CLOSED
 
 from .._policy import Subscription
 from ..events import Event
@@ -18,6 +17,7 @@ from ..reconnect import (
     ReconnectMachine,
     ReconnectPolicy,
     keepalive_options,
+    stream_over,
 )
 from ._util import open_collapsing_nursery
 from .api import connect_stream
@@ -130,14 +130,14 @@ class Reconnecting:
         wake()  # it may have ended already (during on_connect)
 
     def _ended(self, stream: WsStream) -> None:
-        ws = stream.websocket
+        frames = stream._close_frames()
         now = trio.current_time()
         delay = self._machine.disconnected(
             self._idle_error or stream.error,
             now,
-            close_rcvd=ws.close_rcvd,
-            close_sent=ws.close_sent,
-            rcvd_then_sent=ws.close_rcvd_then_sent,
+            close_rcvd=frames.received,
+            close_sent=frames.sent,
+            rcvd_then_sent=frames.received_first,
             final=self._closed,
         )
         if delay is not None:
@@ -200,8 +200,7 @@ class Reconnecting:
 
 def _ended(stream: WsStream) -> bool:
     """The stream is over for its reader: the peer's close frame, a failure, or TCP gone."""
-    ws = stream.websocket
-    return ws.close_rcvd is not None or stream.error is not None or ws.state is CLOSED
+    return stream_over(stream._close_frames(), stream.error)
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,7 @@ from .._buffer import ChunkBuffer
 from .._options import StreamOptions
 from .._policy import EventHub, Step, StreamPolicy, Subscription, check_close, peer_close
 from ..events import Event
+from ..reconnect import CloseFrames
 from ..stats import StreamStats
 
 __all__ = ["EventStream", "WsStream"]
@@ -181,6 +182,13 @@ class WsStream(trio.abc.Stream):
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
         return peer_close(self._ws.close_rcvd, self._finished)[0]
+
+    def _close_frames(self) -> CloseFrames:
+        """The closing handshake so far, for the reconnect loop (package-internal)."""
+        ws = self._ws
+        return CloseFrames(
+            ws.close_rcvd, ws.close_sent, ws.close_rcvd_then_sent, ws.state is CLOSED
+        )
 
     @property
     def close_reason(self) -> str | None:

@@ -50,6 +50,7 @@ UNSUPPORTED_DATA: Final = 1003
 ABNORMAL_CLOSURE: Final = 1006
 INVALID_DATA: Final = 1007
 MESSAGE_TOO_BIG: Final = 1009
+INTERNAL_ERROR: Final = 1011
 
 TEXT_REASON: Final = "text frames are not supported"
 
@@ -219,6 +220,12 @@ class StreamPolicy:
         self.error = error
         # websockets already sent the close frame: nothing to fail again.
         return Step(event=Error(error), eof=False)
+
+    def keepalive_failed(self, error: WsStreamError) -> Step:
+        """No pong within ``ping_timeout``: fail with 1011; the reader ends with ``error``."""
+        if self.state is not State.OPEN:
+            return _NOTHING
+        return self._fail(INTERNAL_ERROR, "keepalive ping timeout", error)
 
     # The end
 

@@ -81,8 +81,8 @@ async def test_check_two_way_stream(nursery: trio.Nursery) -> None:
 def fill_socket(stream: WsStream) -> None:
     """Write whole binary frames straight to the socket until the kernel refuses more.
 
-    A frame the kernel took only in part keeps its rest at the head of
-    websockets' outgoing queue, so the stream sends it first: the framing stays
+    A frame the kernel took only in part keeps its rest at the head of the
+    stream's outgoing queue, so the stream sends it first: the framing stays
     valid.
     """
     protocol = stream.websocket
@@ -98,7 +98,7 @@ def fill_socket(stream: WsStream) -> None:
             except BlockingIOError:
                 sent = 0
             if sent < len(frame):
-                protocol.writes.insert(0, frame[sent:])
+                stream._outbox.insert(0, frame[sent:])
                 stream._flush_lot.unpark_all()  # the flusher sends the rest (blocks)
                 return
 

@@ -9,8 +9,9 @@ writer: it parses frames, appends data to a bounded buffer and leaves any
 automatic answer (pong, close) in websockets' outgoing queue, which a separate
 flusher task - or the next ``send_all`` - writes under the send lock.
 
-What a frame, a violation or the end of the connection means is decided by
-:class:`ws_stream._policy.StreamPolicy`, shared with the other shells.
+What a frame, a violation, a timeout or the end of the connection means is
+decided by the engine (:class:`ws_stream._engine.Engine`), shared with the
+other shells; this module only reads, writes, waits and wakes.
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import os
 from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
 import trio
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, OPEN, Protocol
 
-from .._buffer import ChunkBuffer
+from .._engine import Engine
 from .._options import StreamOptions
-from .._policy import EventHub, Step, StreamPolicy, Subscription, check_close, peer_close
+from .._policy import EventHub, Subscription, check_close
 from ..events import Event
 from ..reconnect import CloseFrames
-from ..stats import StreamStats
 
 __all__ = ["EventStream", "WsStream"]
 
@@ -42,7 +40,6 @@ T = TypeVar("T")
 
 _RECEIVE_SIZE = 2**18
 _DEFAULT_MAX_BYTES = 2**16
-_PONG = Opcode.PONG
 _WRAP_OPTIONS = frozenset({"limit", "max_frame_size", "on_text", "close_timeout", "max_events"})
 
 
@@ -108,37 +105,37 @@ class WsStream(trio.abc.Stream):
         self._ws = protocol
         self.request = request
         self.response = response
-        self._policy = StreamPolicy(on_text=self._options.on_text)
-        self._hub = EventHub[Event](self._options.max_events)
-        self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
-        self._chunks = ChunkBuffer()  # received, not yet read
-        self._eof = False
-        self._read_error: BaseException | None = None
-        self._finished = False  # the reader task is done: the connection is over
-        self._closed_locally = False  # aclose() was called
-        self._send_broken = False  # a write was interrupted: a frame may be cut short
-        self._received = bytes(received)  # read with the handshake, not parsed yet
         self._receiving = False
         self._sending = False
+        self._send_broken = False  # a write was interrupted: a frame may be cut short
+        self._outbox: list[bytes] = []  # taken from the engine by the reader, not written
         self._send_lock = trio.Lock()
         self._data_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._flush_lot = trio.lowlevel.ParkingLot()
+        self._timer_lot = trio.lowlevel.ParkingLot()
         self._closed = trio.Event()
-        self._close_deadline = math.inf
-        self._read_scope: trio.CancelScope | None = None
-        self._pings: dict[bytes, tuple[trio.Event, float, list[float]]] = {}
+        self._reader_scope = trio.CancelScope()
         self._cancel_scope = trio.CancelScope()
-        self.stats = StreamStats()
-        # Frames a caller's own handshake already parsed (ours hands over the
-        # unparsed bytes instead, as ``received``: see _reader).
-        initial = [event for event in protocol.events_received() if isinstance(event, Frame)]
-        self._ws_recv_frame = protocol.recv_frame
-        protocol.recv_frame = self._recv_frame  # type: ignore[method-assign]
-        for frame in initial:
-            self._frame(frame)
+        # Frames a caller's own handshake already parsed, then ``received``
+        # (ours hands over the bytes read behind the handshake, unparsed).
+        self._engine = Engine(
+            protocol,
+            self._options,
+            now=trio.current_time(),
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            on_wake=self._wake,
+            received=bytes(received),
+        )
+        self._hub = self._engine.hub
+        self.stats = self._engine.stats
+        self._take_output()
         nursery.start_soon(self._run)
+
+    def _wake(self) -> None:
+        self._data_lot.unpark_all()
 
     def __repr__(self) -> str:
         return f"<ws_stream.trio.WsStream {self._ws.side.name.lower()} {self._ws.id}>"
@@ -162,7 +159,7 @@ class WsStream(trio.abc.Stream):
     @property
     def error(self) -> Exception | None:
         """What ended the stream abnormally (text frame, violation, lost connection), or None."""
-        return self._policy.error
+        return self._engine.error
 
     @property
     def reading_paused(self) -> bool:
@@ -174,26 +171,21 @@ class WsStream(trio.abc.Stream):
         """Make ``receive_some()`` raise ``error`` (the ``__cause__`` of
         BrokenResourceError) once the bytes already received were read, unless
         the stream has ended already. Used by reconnect's idle timeout."""
-        if self._read_error is None and not self._eof:
-            self._read_error = error
-            self._data_lot.unpark_all()
+        self._engine.end_reader(error)
 
     @property
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
-        return peer_close(self._ws.close_rcvd, self._finished)[0]
-
-    def _close_frames(self) -> CloseFrames:
-        """The closing handshake so far, for the reconnect loop (package-internal)."""
-        ws = self._ws
-        return CloseFrames(
-            ws.close_rcvd, ws.close_sent, ws.close_rcvd_then_sent, ws.state is CLOSED
-        )
+        return self._engine.close_code
 
     @property
     def close_reason(self) -> str | None:
         """The peer's close reason: None while open, "" if none was received."""
-        return peer_close(self._ws.close_rcvd, self._finished)[1]
+        return self._engine.close_reason
+
+    def _close_frames(self) -> CloseFrames:
+        """The closing handshake so far, for the reconnect loop (package-internal)."""
+        return self._engine.close_frames()
 
     # Background tasks
 
@@ -203,148 +195,74 @@ class WsStream(trio.abc.Stream):
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._flusher)
-                    if self._ping_interval is not None:
-                        nursery.start_soon(self._keepalive, self._ping_interval)
-                    cause = await self._reader()
+                    nursery.start_soon(self._timer)
+                    with self._reader_scope:
+                        cause = await self._reader()
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.transport_stream)
-            self._finish(cause)
+            self._engine.connection_lost(cause)
+            self._space_lot.unpark_all()
+            self._timer_lot.unpark_all()
+            self._closed.set()
 
     async def _reader(self) -> BaseException | None:
         """Read the socket until the connection ends; never waits on a sender."""
+        engine = self._engine
         ws = self._ws
-        if self._received:
-            # Frames the peer sent right behind the handshake, in the same TCP
-            # read: parsed here, through _recv_frame, like every later frame.
-            received, self._received = self._received, b""
-            ws.receive_data(received)
-        self._process_events()  # what websockets decided on the handshake's frames
         while ws.state is not CLOSED:
-            cause: BaseException | None = None
-            data: bytes | bytearray = b""
-            # The close deadline bounds the wait for the application to read
-            # (backpressure) as well as the socket read: it holds whatever the
-            # application does.
-            with trio.move_on_at(self._close_deadline) as scope:
-                self._read_scope = scope
-                if len(self._chunks) > self._options.limit and not self._closed_locally:
-                    while len(self._chunks) > self._options.limit and not self._closed_locally:
-                        await self._space_lot.park()  # read backpressure: stop reading
-                    self.stats.read_resumed_at = trio.current_time()
-                try:
-                    data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    cause, data = exc, b""
-            if scope.cancelled_caught:
-                if len(self._chunks) > self._options.limit:
-                    logger.info(
-                        "the closing handshake did not complete within %.1f s while the "
-                        "application left %d received bytes unread (reading was paused); "
-                        "dropping TCP",
-                        self._options.close_timeout,
-                        len(self._chunks),
-                    )
-                else:
-                    logger.info(
-                        "the peer did not complete the closing handshake within %.1f s; "
-                        "dropping TCP",
-                        self._options.close_timeout,
-                    )
-                return TimeoutError("timed out while closing the connection")
-            if data:
-                ws.receive_data(data)
-            else:
-                ws.receive_eof()
-            self._process_events()
+            if engine.should_pause():
+                while engine.should_pause():
+                    await self._space_lot.park()  # read backpressure: stop reading
+                self.stats.read_resumed_at = trio.current_time()
+            try:
+                data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                engine.receive_eof()
+                return exc
             if not data:
-                return cause
+                engine.receive_eof()
+                return None
+            engine.receive_data(data, trio.current_time())
+            self._take_output()
         return None
 
-    def _recv_frame(self, frame: Frame) -> None:
-        """Each frame, as websockets parses it: decided at once, in wire order.
-
-        Deciding here rather than after the whole read is parsed matters: a
-        text frame fails the connection with 1003 before websockets reacts to
-        the frames behind it in the same read (fail() discards them).
-        """
-        self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
-        events = self._ws.events
-        if events and events[-1] is frame:
-            del events[-1]  # handled here: a read of tiny frames must not hold them all
-        self._frame(frame)
-
-    def _frame(self, frame: Frame) -> None:
-        stats = self.stats
-        stats.frames_received += 1
-        stats.last_frame_at = trio.current_time()
-        opcode = frame.opcode
-        self._apply(self._policy.receive_frame(opcode, bytes(frame.data), frame.fin))
-        if opcode is _PONG:
-            stats.pongs_received += 1
-            self._pong(bytes(frame.data))
-
-    def _process_events(self) -> None:
-        """After a read: frames were handled as parsed; check what websockets decided."""
-        ws = self._ws
-        ws.events_received()  # frames were handled in _recv_frame: drop the list
-        if ws.parser_exc is not None and self._read_error is None:
-            code = ws.close_sent.code if ws.close_sent is not None else None
-            self._apply(self._policy.parser_failed(ws.parser_exc, code))
-            if self._policy.error is not None:
-                logger.info("the peer violated the protocol: %s", self._policy.error)
-                self._read_error = self._policy.error
-                self._data_lot.unpark_all()
-        if ws.close_expected():
-            self._start_close_timer()
-        # websockets queued automatic answers (pong, close): the flusher sends them.
-        if ws.writes:
+    def _take_output(self) -> None:
+        """After input: queue what websockets answered (pong, close) for the flusher,
+        and re-arm the timer if the engine's deadline moved."""
+        writes = self._engine.data_to_send()
+        if writes:
+            self._outbox.extend(writes)
             self._flush_lot.unpark_all()
+        if self._engine.deadline != self._armed:
+            self._timer_lot.unpark_all()
 
-    def _apply(self, step: Step) -> None:
-        data, event, failure, eof = step
-        if data is not None:
-            self._chunks.append(data)
-            self.stats.bytes_received += len(data)
-            self._data_lot.unpark_all()
-        if event is not None:
-            self._hub.publish(event)
-        if failure is not None:
-            if self._ws.state is OPEN:
-                self._ws.fail(failure.code, failure.reason)
-            logger.info("failing the connection with %d: %s", failure.code, failure.error)
-            self._read_error = failure.error
-            self._data_lot.unpark_all()
-        if eof:
-            self._eof = True
-            self._data_lot.unpark_all()
+    _armed = math.inf  # the deadline the timer task sleeps until
 
-    def _finish(self, cause: BaseException | None) -> None:
-        ws = self._ws
-        if ws.state is not CLOSED:
-            ws.receive_eof()
-        ending = self._policy.connection_lost(ws.close_rcvd, ws.close_sent, cause)
-        for event in ending.events:
-            self._hub.publish(event)
-        if ending.error is not None and self._read_error is None:
-            self._read_error = ending.error
-        self._finished = True
-        for done, _, _ in self._pings.values():
-            done.set()
-        self._data_lot.unpark_all()
-        self._closed.set()
-
-    def _start_close_timer(self) -> None:
-        """The closing handshake began: drop TCP if it is not over in close_timeout."""
-        if self._close_deadline == math.inf:
-            self._close_deadline = trio.current_time() + self._options.close_timeout
-            if self._read_scope is not None:
-                self._read_scope.deadline = self._close_deadline
+    async def _timer(self) -> None:
+        """Sleep until the engine's deadline (close timeout, keepalive) and act on it."""
+        engine = self._engine
+        while True:
+            self._armed = deadline = engine.deadline
+            with trio.move_on_at(deadline):
+                await self._timer_lot.park()
+            if trio.current_time() < deadline:
+                continue  # re-armed
+            if engine.timer(trio.current_time()):
+                if len(engine.buffer) > self._options.limit:
+                    logger.info(
+                        "the application left %d received bytes unread while closing "
+                        "(reading was paused)",
+                        len(engine.buffer),
+                    )
+                self._reader_scope.cancel()  # drop TCP: _run closes it
+                return
+            self._take_output()
 
     async def _flusher(self) -> None:
         while True:
-            if not self._ws.writes:  # checked before parking: no lost wakeup
+            if not self._outbox:  # checked before parking: no lost wakeup
                 await self._flush_lot.park()
             async with self._send_lock:
                 try:
@@ -358,7 +276,7 @@ class WsStream(trio.abc.Stream):
 
     def _check_sendable(self) -> None:
         """Raise if a frame can no longer be written (call before queueing one)."""
-        if self._closed_locally:
+        if self._engine.closed_locally:
             raise trio.ClosedResourceError("this stream was closed")
         if self._send_broken:
             raise trio.BrokenResourceError(
@@ -380,10 +298,12 @@ class WsStream(trio.abc.Stream):
         cancellation before queueing a frame, so a send cancelled before it
         wrote anything leaves the stream usable.
         """
+        writes = self._engine.data_to_send()
+        if self._outbox:
+            writes, self._outbox = self._outbox + writes, []
         if self._send_broken:
-            self._ws.data_to_send()  # never into the cut frame
-            self._check_sendable()
-        for data in self._ws.data_to_send():
+            self._check_sendable()  # never into the cut frame
+        for data in writes:
             try:
                 if data:
                     await self.transport_stream.send_all(data)
@@ -392,7 +312,7 @@ class WsStream(trio.abc.Stream):
                 else:  # TLS: no half-close
                     await trio.aclose_forcefully(self.transport_stream)
             except trio.ClosedResourceError:
-                if self._closed_locally:
+                if self._engine.closed_locally:
                     raise
                 raise trio.BrokenResourceError("the connection is closed") from None
             except trio.BrokenResourceError as exc:
@@ -404,21 +324,6 @@ class WsStream(trio.abc.Stream):
                     "longer send (pongs, pings and the close frame are dropped too)"
                 )
                 raise
-
-    async def _keepalive(self, interval: float) -> None:
-        while True:
-            await trio.sleep(interval)
-            try:
-                await self.ping(timeout=self._ping_timeout or math.inf)
-            except trio.TooSlowError:
-                logger.info("no pong within %s s: failing the connection", self._ping_timeout)
-                if self._ws.state is OPEN:
-                    self._ws.fail(1011, "keepalive ping timeout")
-                    self._start_close_timer()
-                    self._flush_lot.unpark_all()
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
 
     # trio.abc.ReceiveStream
 
@@ -438,33 +343,31 @@ class WsStream(trio.abc.Stream):
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this stream")
         self._receiving = True
+        engine = self._engine
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             parked = False
-            while not len(self._chunks):
-                if self._closed_locally:
+            while not len(engine.buffer):
+                if engine.closed_locally:
                     raise trio.ClosedResourceError("this stream was closed")
-                if self._read_error is not None:
-                    raise _broken(self._read_error, "the WebSocket connection failed")
-                if self._eof or self._finished:
+                if engine.read_error is not None:
+                    raise _broken(engine.read_error, "the WebSocket connection failed")
+                if engine.ended or engine.lost:
                     if not parked:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
                 await self._data_lot.park()
                 parked = True
-            if self._closed_locally:
+            if engine.closed_locally:
                 raise trio.ClosedResourceError("this stream was closed")
             if not parked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            return self._take(max_bytes or _DEFAULT_MAX_BYTES)
+            data, resume = engine.take(max_bytes or _DEFAULT_MAX_BYTES)
+            if resume:
+                self._space_lot.unpark_all()
+            return data
         finally:
             self._receiving = False
-
-    def _take(self, n: int) -> bytes:
-        data = self._chunks.take(n, exact=False)
-        if len(self._chunks) <= self._options.limit // 2:
-            self._space_lot.unpark_all()
-        return data
 
     # trio.abc.SendStream
 
@@ -491,6 +394,7 @@ class WsStream(trio.abc.Stream):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
+        engine = self._engine
         try:
             self._check_sendable()
             view = memoryview(data).cast("B")
@@ -498,19 +402,14 @@ class WsStream(trio.abc.Stream):
             async with self._send_lock:
                 for start in range(0, len(view), size):
                     self._check_sendable()
-                    if self._ws.state is not OPEN:
-                        raise trio.BrokenResourceError(
-                            "the WebSocket is closing: data can no longer be sent "
-                            f"(peer close code {self.close_code})"
-                        )
+                    refusal = engine.send_refusal()
+                    if refusal is not None:
+                        raise trio.BrokenResourceError(refusal)
                     # Cancelled here, nothing of this frame was written: the
                     # stream stays usable (frames before it were sent whole).
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    chunk = view[start : start + size]
-                    self._ws.send_binary(chunk)
+                    engine.send(view[start : start + size])
                     await self._send_pending()
-                    self.stats.bytes_sent += len(chunk)
-                    self.stats.frames_sent += 1
         finally:
             self._sending = False
 
@@ -525,7 +424,7 @@ class WsStream(trio.abc.Stream):
                 try:
                     await self.transport_stream.wait_send_all_might_not_block()
                 except trio.ClosedResourceError:
-                    if self._closed_locally:
+                    if self._engine.closed_locally:
                         raise
                     raise trio.BrokenResourceError("the connection is closed") from None
         finally:
@@ -555,37 +454,36 @@ class WsStream(trio.abc.Stream):
             self._check_sendable()
             if self._ws.state is OPEN:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                self._ws.send_close(code, reason)
-                self._start_close_timer()
+                self._engine.send_close(code, reason, trio.current_time())
+                self._timer_lot.unpark_all()
                 await self._send_pending()
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Perform the closing handshake with ``code``/``reason``, bounded by ``close_timeout``.
 
         Idempotent. Cancellation-safe: a cancelled ``aclose`` still closes the
-        TCP connection. Unread received data is discarded. After a send that
-        was cancelled in the middle of a frame, no close frame can be sent:
-        TCP is closed at once.
+        TCP connection. Unread received data is discarded (nothing can read
+        it any more). After a send that was cancelled in the middle of a
+        frame, no close frame can be sent: TCP is closed at once.
         """
         check_close(code, reason)
-        if self._closed_locally:
+        engine = self._engine
+        if engine.closed_locally:
             await trio.lowlevel.checkpoint()
             return
-        self._closed_locally = True
-        self._chunks.clear()
+        busy = self._sending or engine.lost or self._send_broken
+        engine.close(code, reason, trio.current_time(), discard=True, send=not busy)
         self._data_lot.unpark_all()
         self._space_lot.unpark_all()
+        self._timer_lot.unpark_all()
         try:
-            if not self._sending and not self._finished and not self._send_broken:
+            if not busy:
                 # A send blocked (or cut short) mid-frame cannot be followed by
                 # a close frame: then the connection is dropped at once.
                 with trio.move_on_after(self._options.close_timeout):
                     try:
                         async with self._send_lock:
-                            if self._ws.state is OPEN:
-                                self._ws.send_close(code, reason)
-                                self._start_close_timer()
-                                await self._send_pending()
+                            await self._send_pending()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                     if not self._send_broken:
@@ -610,46 +508,35 @@ class WsStream(trio.abc.Stream):
             trio.TooSlowError: no pong within ``timeout`` (default
                 ``ping_timeout``, else 20 s).
             trio.BrokenResourceError: the connection ended first.
+            ValueError: a ping with this payload is already waiting for its pong.
         """
-        payload = bytes(data) or os.urandom(4)
-        while not data and payload in self._pings:
-            payload = os.urandom(4)
-        if payload in self._pings:
-            raise ValueError("a ping with this payload is already waiting for its pong")
-        if self._closed_locally:
+        engine = self._engine
+        if engine.closed_locally:
             raise trio.ClosedResourceError("this stream was closed")
         done = trio.Event()
-        result: list[float] = []
-        self._pings[payload] = (done, trio.current_time(), result)
+        result: list[float | None] = []
+
+        def waiter(latency: float | None) -> None:
+            result.append(latency)
+            done.set()
+
+        async with self._send_lock:
+            self._check_sendable()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                payload = engine.ping(data, trio.current_time(), waiter)
+            except ConnectionResetError:
+                raise trio.BrokenResourceError("cannot ping: the WebSocket is closing") from None
+            await self._send_pending()
         try:
-            async with self._send_lock:
-                self._check_sendable()
-                if self._ws.state is not OPEN:
-                    raise trio.BrokenResourceError("cannot ping: the WebSocket is closing")
-                await trio.lowlevel.checkpoint_if_cancelled()
-                self._ws.send_ping(payload)
-                await self._send_pending()
-                self.stats.pings_sent += 1
             with trio.fail_after(timeout if timeout is not None else self._ping_timeout or 20.0):
                 await done.wait()
         finally:
-            self._pings.pop(payload, None)
-        if not result:
+            engine.forget_ping(payload)
+        latency = result[0]
+        if latency is None:
             raise trio.BrokenResourceError("cannot ping: the connection closed first")
-        self.stats.last_latency = result[0]
-        return result[0]
-
-    def _pong(self, payload: bytes) -> None:
-        if payload not in self._pings:
-            return
-        now = trio.current_time()
-        # A pong acknowledges its ping and every earlier one (RFC 6455 allows
-        # answering only the latest).
-        for key, (done, sent_at, result) in list(self._pings.items()):
-            result.append(now - sent_at)
-            done.set()
-            if key == payload:
-                break
+        return latency
 
     def events(self) -> EventStream[Event]:
         """Subscribe to events from now on: ``async for event in stream.events()``.

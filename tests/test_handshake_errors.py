@@ -1,4 +1,4 @@
-"""What a failed opening handshake says, on every shell (one mapping: ws_stream._handshake).
+"""What a failed opening handshake says, on every shell (one mapping: ws_stream._failures).
 
 Real servers on 127.0.0.1: a plain HTTP server answering a fixed status (also
 standing in for an HTTP proxy that refuses), a plain ``ws://`` server reached
@@ -27,7 +27,7 @@ from websockets.exceptions import ProxyError
 import ws_stream
 import ws_stream.sync
 import ws_stream.trio
-from ws_stream._handshake import (
+from ws_stream._failures import (
     handshake_failure,
     proxy_in_use,
     proxy_status_advice,

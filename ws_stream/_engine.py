@@ -16,6 +16,7 @@ the error the reader ends with.
 
 The interface, for a shell::
 
+    what came before us         -> start(now, frames, peer_close, received)
     bytes read from the socket  -> receive_data(data, now)
     end of the socket           -> receive_eof()
     the socket is gone          -> connection_lost(cause)   (once; publishes Closed)
@@ -173,7 +174,9 @@ class Engine:
 
     Not thread-safe: a shell calls it from one task or thread at a time (the
     blocking shell under its lock). ``now`` arguments are the runtime's
-    monotonic clock. See the module docstring for the interface.
+    monotonic clock. See the module docstring for the interface; call
+    :meth:`start` first. ``adopted``: the connection was taken over from
+    websockets and may be closing already.
     """
 
     def __init__(
@@ -188,9 +191,9 @@ class Engine:
         deliver: Callable[[bytes], None] | None = None,
         on_wake: Callable[[], None] = _nothing,
         on_end: Callable[[Exception | None], None] = _nothing,
-        received: bytes = b"",
+        adopted: bool = False,
     ) -> None:
-        if protocol.state is not OPEN:
+        if protocol.state is not OPEN and not adopted:
             raise ValueError("the WebSocket handshake must be complete (protocol state OPEN)")
         self.protocol = protocol
         self.options = options
@@ -229,9 +232,28 @@ class Engine:
         self._keepalive: bytes | None = None
         self._keepalive_deadline = math.inf
         self._next_ping = now + ping_interval if ping_interval else math.inf
-        # Frames a caller's own handshake already parsed come first, then the
-        # bytes read behind the handshake.
-        self._frames(protocol.events_received(), now)
+
+    def start(
+        self,
+        now: float,
+        frames: Sequence[Frame] = (),
+        peer_close: Close | None = None,
+        received: bytes = b"",
+    ) -> None:
+        """Take over what arrived before the engine: call once, before any other input.
+
+        ``frames``: data and control frames already parsed (a connection
+        adopted from websockets), then the ones websockets still lists;
+        ``peer_close``: the close frame the peer already sent, if any;
+        ``received``: bytes read behind the handshake, not parsed yet.
+        """
+        self._frames([*frames, *self.protocol.events_received()], now)
+        if peer_close is not None:
+            self._closing_frame(peer_close)
+            self._apply(self.policy.close_received(peer_close))
+        if self.protocol.state is not OPEN:
+            self._whole = True
+            self._closing(now)
         if received:
             self.receive_data(received, now)
 

@@ -1,436 +1,412 @@
-"""What a failed opening handshake means to the user: one mapping for every shell.
+"""Opening handshakes without I/O, shared by every shell (client and server side).
 
-No I/O. Each runtime shell (asyncio, trio, blocking) opens its connection its own
-way, then hands whatever went wrong to :func:`handshake_failure`, which decides the
-exception the user sees and how it is worded, once:
+Each side is a small machine over websockets' Sans-I/O ``ClientProtocol`` /
+``ServerProtocol``: the shell writes :meth:`data_to_send`, feeds what it reads
+to :meth:`receive_data` until it returns True, and takes the result. Failures
+are mapped once, by :func:`ws_stream._failures.handshake_failure` (never showing
+credentials). The bytes read behind the HTTP head (the peer's first frames)
+are never parsed here: they are handed over as ``received`` and the engine
+decides them like every later frame (see :class:`HeadSplitter`).
 
-- an invalid URI or proxy is a :class:`ValueError` (retrying cannot help);
-- an HTTP refusal is a :class:`~ws_stream.exceptions.HandshakeError` whose message
-  says what the status means and what to do (503: the server is full, try later;
-  401: credentials; 404: the path ...), with ``.status`` set;
-- a TLS handshake that breaks (not a certificate rejection) on a ``wss://`` URI is a
-  :class:`HandshakeError` that says the server may not speak TLS, or, when the
-  server answered with a TLS alert, that it wants a client certificate it trusts
-  (as does a ``wss://`` server that closes without answering the upgrade: what
-  TLS 1.3 servers requiring a client certificate do);
-- a failure of the proxy the connection goes through names that proxy (its
-  credentials hidden) and says how it failed: it cannot be reached (an
-  :class:`OSError` of the same kind: refused, unreachable, unknown host), it
-  refused the tunnel (a :class:`HandshakeError` whose ``.status`` is the
-  proxy's HTTP status: 407 or 401 for credentials, 403 for its rules, 5xx for a
-  server it cannot reach), a SOCKS error (a :class:`HandshakeError` with the
-  proxy's reply: authentication failure, connection refused by the destination
-  ...), or a timeout (still a :class:`TimeoutError`);
-- a server that closes the connection before answering the upgrade (a
-  :class:`~websockets.exceptions.ConnectionClosed` or an EOF at the status line
-  from websockets) is a :class:`HandshakeError` that says so;
-- anything else is left as it is (refused connections, timeouts, certificate errors).
-
-Messages never show the credentials of a URI or a proxy (``user:password@`` is hidden).
+TLS, TCP, proxies and the open timeout are the shells' (they do I/O); what a
+proxy's answer means is decided here too (:class:`ProxyConnect`).
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
-import ssl
-from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
+import base64
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers, HeadersLike
 from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidMessage,
     InvalidProxy,
     InvalidProxyMessage,
     InvalidProxyStatus,
-    InvalidStatus,
     InvalidURI,
     ProxyError,
 )
-from websockets.proxy import get_proxy
-from websockets.uri import parse_uri
+from websockets.extensions.permessage_deflate import (
+    enable_client_permessage_deflate,
+    enable_server_permessage_deflate,
+)
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN, Protocol
+from websockets.proxy import get_proxy, parse_proxy
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import WebSocketURI, parse_uri
 
+from ._failures import handshake_failure, redact
+from ._options import StreamOptions
 from .exceptions import HandshakeError
 
 __all__ = [
-    "handshake_failure",
-    "proxy_in_use",
-    "proxy_status_advice",
-    "redact",
-    "status_advice",
-    "tls_failure",
+    "USER_AGENT",
+    "ClientHandshake",
+    "HeadSplitter",
+    "Opened",
+    "ProxyConnect",
+    "ServerHandshake",
+    "is_socks",
+    "parse",
+    "proxy_for",
+    "shown",
+    "socks_arguments",
+    "socks_failure",
 ]
 
+USER_AGENT = "ws_stream (websockets Sans-I/O)"
+_END_OF_HEAD = b"\r\n\r\n"
+#: Largest HTTP head accepted from a peer or a proxy.
+MAX_HEAD = 64 * 1024
 
-def redact(uri: str) -> str:
-    """``uri`` with any ``user:password@`` hidden, for messages and logs.
+#: process_request(protocol, request) -> a Response to send instead of the
+#: upgrade (build it with ``protocol.reject(status, text)``), or None.
+ProcessRequest = Callable[[ServerProtocol, Request], Response | None]
 
-    Also without a scheme (a mistyped proxy such as ``user:password@host:port``).
-    Everything up to the *last* ``@`` is hidden: a password typed with a
-    ``/``, ``?`` or ``#`` in it must not show, and hiding a little too much
-    (a path that holds an ``@``) only costs detail.
+
+class Opened(NamedTuple):
+    """A completed handshake: the OPEN protocol and what to hand to the stream."""
+
+    protocol: Protocol
+    request: Request
+    response: Response
+    received: bytes  # read behind the HTTP head: the peer's first frames, unparsed
+
+
+class HeadSplitter:
+    """Splits what the handshake reads into the HTTP head and what follows it.
+
+    websockets' protocol parses frames as soon as it has parsed the HTTP
+    head, in the same ``receive_data()`` call. Frames the peer sent in the
+    same TCP read as its head (a server that greets first, a client that
+    writes right behind its request) must instead reach the stream's engine,
+    which decides each one (a text frame fails with 1003 before websockets
+    reacts to the frames behind it) - and on the server, only once the
+    response fixed the extensions. A handshake request and a ``101``
+    response have no body; the end of the head is the first empty line.
     """
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        scheme, rest = "", uri
-    if "@" not in rest:
-        return uri
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+    def __init__(self) -> None:
+        self.done = False
+        self.size = 0
+        self._tail = b""  # the last bytes before ``data``: a split CRLFCRLF
+
+    def split(self, data: bytes | bytearray) -> tuple[bytes | bytearray, bytes]:
+        """Return (the head's bytes in ``data``, the bytes after the head)."""
+        if self.done:
+            return data, b""
+        window = self._tail + data
+        end = window.find(_END_OF_HEAD)
+        if end < 0:
+            self.size += len(data)
+            self._tail = window[-(len(_END_OF_HEAD) - 1) :]
+            return data, b""
+        self.done = True
+        cut = end + len(_END_OF_HEAD) - len(self._tail)
+        self.size += cut
+        return data[:cut], bytes(data[cut:])
 
 
-# What an HTTP status answered to an upgrade request means, and what to do.
-_ADVICE: dict[int, str] = {
-    400: "the server found the request malformed; check the URI and the headers",
-    401: "the server wants authentication; check the credentials",
-    403: "the server forbids this client; check the credentials and the Origin",
-    404: "there is no WebSocket endpoint at that path; check the URI path",
-    405: "the server does not accept a WebSocket at that path; check the URI path",
-    410: "the endpoint is gone; check the URI path",
-    426: "the server wants another protocol version or subprotocol",
-    429: "the server is rate-limiting this client; try again later",
-    502: "a proxy in front of the server could not reach it; try again later",
-    503: "the server is full or unavailable (for example its connection limit is reached); "
-    "try again later",
-    504: "a proxy in front of the server timed out; try again later",
-}
+def parse(uri: str) -> WebSocketURI:
+    """Parse ``uri``.
 
-
-def status_advice(status: int) -> str:
-    """What HTTP ``status`` in answer to a WebSocket upgrade means to the user."""
-    advice = _ADVICE.get(status)
-    if advice is not None:
-        return advice
-    if 500 <= status < 600:
-        return "the server failed; see its logs, or try again later"
-    if 300 <= status < 400:
-        return "the server redirects elsewhere; use the URI it points to"
-    return "check the URI path and credentials"
-
-
-def tls_failure(uri: str, exc: BaseException) -> HandshakeError:
-    """The error for a TLS handshake to ``uri`` that broke off (not a rejected certificate).
-
-    A server that answered with a TLS alert speaks TLS and refused this client:
-    most often for want of a client certificate it trusts (mutual TLS). One
-    that broke off without an alert may not speak TLS at all.
+    Raises:
+        ValueError: ``uri`` is not a ws:// or wss:// URI (its credentials hidden).
     """
-    detail = str(exc) or type(exc).__name__
-    where = _where(uri)
-    reason = getattr(exc, "reason", None) or ""
-    if isinstance(exc, ssl.SSLError) and "ALERT" in reason:
-        if any(alert in reason for alert in _CLIENT_CERTIFICATE_ALERTS):
-            what = "it wants a TLS client certificate it trusts"
-        else:
-            what = "most often it wants a TLS client certificate it trusts, or other TLS versions"
-        return HandshakeError(
-            f"the server at {where} refused the TLS handshake ({detail}): {what}; give a "
-            "client certificate (ws-stream: --client-cert/--client-key; the library: "
-            "load_cert_chain() on the ssl context)"
-        )
-    return HandshakeError(
-        f"the TLS handshake with {where} failed ({detail}); the server may not speak TLS (if "
-        "it is a plain WebSocket server, use ws:// instead of wss://), or may want a client "
-        "certificate (ws-stream: --client-cert; the library: load_cert_chain() on the ssl "
-        "context)"
-    )
-
-
-# TLS alerts a server sends about the client's certificate: none was given
-# (TLS 1.3's certificate_required), or not one it trusts.
-_CLIENT_CERTIFICATE_ALERTS = (
-    "CERTIFICATE_REQUIRED",
-    "ALERT_BAD_CERTIFICATE",
-    "ALERT_UNKNOWN_CA",
-    "ALERT_CERTIFICATE_UNKNOWN",
-    "ALERT_UNSUPPORTED_CERTIFICATE",
-    "ALERT_CERTIFICATE_EXPIRED",
-    "ALERT_CERTIFICATE_REVOKED",
-)
-
-
-# Proxies
-
-
-def proxy_in_use(uri: str, options: Mapping[str, Any]) -> str | None:
-    """The proxy websockets goes through to open ``uri`` with ``options``, or None.
-
-    ``options`` are the keywords given to websockets' ``connect()``. As there:
-    ``proxy=True`` (the default) means the proxy the environment configures for
-    that URI (``get_proxy``: ``wss_proxy``/``ws_proxy``, ``socks_proxy``,
-    ``https_proxy``, ``http_proxy`` for ws:// only, and ``no_proxy``), a string
-    is that proxy, None is none; ``sock`` or ``unix`` connect without a proxy.
-    """
-    if options.get("sock") is not None or options.get("unix"):
-        return None
-    proxy = options.get("proxy", True)
-    if proxy is True:
-        try:
-            return get_proxy(parse_uri(uri))
-        except InvalidURI:
-            return None
-    return proxy if isinstance(proxy, str) else None
-
-
-def _proxy_kind(proxy: str) -> str:
-    """``HTTP``, ``HTTPS`` or ``SOCKS``: how messages name the proxy."""
-    scheme = proxy.partition("://")[0].lower()
-    return "SOCKS" if scheme.startswith("socks") else scheme.upper() or "HTTP"
-
-
-def _has_credentials(proxy: str) -> bool:
-    return "@" in urlsplit(proxy).netloc
-
-
-def _where(uri: str) -> str:
-    """``host:port`` of ``uri``, without credentials (the URI itself if it has no host)."""
     try:
-        parts = urlsplit(uri)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return redact(uri)
-    if not host:
-        return redact(uri)
-    if port is None:
-        port = 443 if parts.scheme.lower() in ("wss", "https") else 80
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return parse_uri(uri)
+    except InvalidURI as exc:
+        raise handshake_failure(exc, uri) or ValueError(redact(uri)) from exc
 
 
-def proxy_status_advice(status: int, *, credentials: bool) -> str:
-    """What an HTTP proxy's ``status`` in answer to ``CONNECT`` means, and what to do.
+def shown(wsuri: WebSocketURI) -> str:
+    """``wsuri`` for messages: never its user info."""
+    scheme = "wss" if wsuri.secure else "ws"
+    return f"{scheme}://{wsuri.host}:{wsuri.port}{wsuri.resource_name}"
 
-    ``credentials``: whether the proxy URL carried ``user:password@``.
+
+class ClientHandshake:
+    """The client side: send the upgrade request, read the response.
+
+    ``additional_headers``, ``subprotocols``, ``origin`` and
+    ``user_agent_header`` (None: no header) are websockets' names.
     """
-    if status in (401, 407):
-        # 407 is the standard answer; some proxies (tinyproxy) answer a wrong
-        # password with 401.
-        if credentials:
-            return "it rejected the credentials of the proxy URL; check the user name and password"
-        return "it wants credentials: give them in the proxy URL (http://USER:PASSWORD@HOST:PORT)"
-    if status == 403:
-        return (
-            "it forbids this client or this destination; check its access rules "
-            "(for example the ports it allows CONNECT to)"
+
+    def __init__(
+        self,
+        wsuri: WebSocketURI,
+        options: StreamOptions,
+        *,
+        additional_headers: HeadersLike | None = None,
+        subprotocols: Sequence[str] | None = None,
+        origin: str | None = None,
+        user_agent_header: str | None = USER_AGENT,
+    ) -> None:
+        self.wsuri = wsuri
+        extensions = enable_client_permessage_deflate(None) if options.compression else None
+        self.protocol = ClientProtocol(
+            wsuri,
+            origin=Origin(origin) if origin is not None else None,
+            extensions=extensions,
+            subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
+            max_size=options.websockets_max_size(),
         )
-    if status in (400, 405, 501):
-        return "it does not open tunnels (CONNECT) for this client; check that it is an HTTP proxy"
-    if 500 <= status < 600:
-        return (
-            "it could not reach the server; check the URI's host and port, that the server "
-            "runs, and the proxy's logs"
-        )
-    return "check the proxy's address and its logs"
+        self.request = self.protocol.connect()
+        if additional_headers is not None:
+            self.request.headers.update(Headers(additional_headers))
+        if user_agent_header is not None and "User-Agent" not in self.request.headers:
+            self.request.headers["User-Agent"] = user_agent_header
+        self.protocol.send_request(self.request)
+        self._head = HeadSplitter()
+        self._rest = b""
+        self._response: Response | None = None
+        self._eof = False
 
+    def data_to_send(self) -> list[bytes]:
+        """The request's bytes (then nothing)."""
+        return [data for data in self.protocol.data_to_send() if data]
 
-# SOCKS5 reply codes (RFC 1928) that mean: the proxy could not reach the target.
-_SOCKS_UNREACHABLE = {3, 4, 5, 6}
+    def receive_data(self, data: bytes | bytearray) -> bool:
+        """Bytes from the server; True once the handshake is over (see :meth:`result`)."""
+        head, rest = self._head.split(data)
+        protocol = self.protocol
+        protocol.receive_data(head)
+        if rest and protocol.state is not OPEN:
+            # Not a 101 (its body follows), or a refused one: not frames.
+            protocol.receive_data(rest)
+            rest = b""
+        self._rest += rest
+        return self._check()
 
-
-def _socks_failure(exc: ProxyError, where: str, shown: str, *, credentials: bool) -> HandshakeError:
-    """The error for a SOCKS proxy that failed: python-socks' reason is the cause of ``exc``."""
-    cause = exc.__cause__
-    detail = str(cause) if cause is not None and str(cause) else str(exc)
-    code = getattr(cause, "error_code", None)
-    lowered = detail.lower()
-    if "authentication" in lowered:
-        if credentials:
-            advice = "check the user name and password of the proxy URL"
-        else:
-            advice = (
-                "give a user name and password in the proxy URL (socks5h://USER:PASSWORD@HOST:PORT)"
-            )
-        return HandshakeError(
-            f"the SOCKS proxy{shown} refused the authentication ({detail}); {advice}"
-        )
-    if "closed unexpectedly" in lowered:
-        return HandshakeError(
-            f"the SOCKS proxy{shown} closed the connection during the SOCKS handshake for "
-            f"{where} ({detail}): it may have rejected the credentials or this client, or not "
-            "be a SOCKS5 proxy; check the proxy URL and the proxy's logs"
-        )
-    if code in _SOCKS_UNREACHABLE:
-        return HandshakeError(
-            f"the SOCKS proxy{shown} could not reach {where} ({detail}); check the URI's host "
-            "and port and that the server runs (with socks5h:// the proxy resolves the host "
-            "name, with socks5:// this machine does)"
-        )
-    if code == 2:
-        return HandshakeError(
-            f"the SOCKS proxy{shown} does not allow a connection to {where} ({detail}); "
-            "check its rules"
-        )
-    return HandshakeError(
-        f"the SOCKS proxy{shown} failed to open a tunnel to {where} ({detail}); "
-        "check the proxy URL and the proxy's logs"
-    )
-
-
-# Errors of connecting to a host (rather than of a connection that was open).
-_CONNECT_ERRNOS = frozenset(
-    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
-)
-
-
-def _proxy_failure(exc: BaseException, uri: str, proxy: str | None) -> BaseException | None:
-    """The error for ``exc``, raised opening ``uri`` through ``proxy``; None: not the proxy's.
-
-    ``proxy`` None: a proxy failed, but the caller did not say which.
-    """
-    shown = f" {redact(proxy)}" if proxy else ""
-    if proxy:
-        kind = _proxy_kind(proxy)
-    else:
-        kind = "HTTP" if isinstance(exc, InvalidProxyStatus | InvalidProxyMessage) else "SOCKS"
-    credentials = proxy is not None and _has_credentials(proxy)
-    where = _where(uri)
-    if isinstance(exc, InvalidProxyStatus):
-        response = exc.response
-        status = response.status_code
-        advice = proxy_status_advice(status, credentials=credentials)
-        return HandshakeError(
-            f"the {kind} proxy{shown} refused the tunnel to {where} with HTTP {status} "
-            f"{response.reason_phrase}; {advice}",
-            status=status,
-        )
-    if isinstance(exc, InvalidProxyMessage):
-        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-        return HandshakeError(
-            f"the {kind} proxy{shown} did not answer the CONNECT request for {where} with "
-            f"valid HTTP{cause}; check that it is an HTTP proxy (a SOCKS proxy is socks5:// "
-            "or socks5h://)"
-        )
-    if isinstance(exc, ProxyError):
-        return _socks_failure(exc, where, shown, credentials=credentials)
-    if isinstance(exc, ImportError) and kind == "SOCKS":
-        return ImportError(
-            f"connecting through the SOCKS proxy{shown} needs the python-socks package: "
-            "pip install 'ws-stream[socks]'"
-        )
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return None  # the server's TLS, through the tunnel: not the proxy's
-    if isinstance(exc, TimeoutError):
-        return TimeoutError(
-            f"timed out opening {redact(uri)} through the {kind} proxy{shown} "
-            f"({exc or 'no answer'}): the proxy or the server did not answer in time"
-        )
-    if isinstance(exc, OSError) and _connecting_to_proxy(exc, kind):
-        # python-socks wraps the OSError of its connect(): report that one.
-        error = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        if isinstance(error.errno, int) and error.errno > 0:
-            reason = os.strerror(error.errno)  # "Connection refused", not asyncio's wording
-        else:
-            reason = error.strerror or str(error) or type(error).__name__
-        message = (
-            f"cannot connect to the {kind} proxy{shown}: {reason}; check the proxy's address "
-            "and that it runs"
-        )
-        if isinstance(error, socket.gaierror):
-            return socket.gaierror(error.errno, message)
-        return OSError(error.errno, message)  # OSError picks the subclass of the errno
-    return None
-
-
-def _connecting_to_proxy(exc: OSError, kind: str) -> bool:
-    """Whether ``exc`` is a failure to reach the proxy itself."""
-    if kind == "SOCKS":
-        # python-socks wraps the failures of reaching the proxy in its
-        # ProxyConnectionError; any other OSError (a name this machine cannot
-        # resolve with socks5://) concerns the server.
-        return type(exc).__name__ == "ProxyConnectionError"
-    # Through an HTTP proxy, the only connection this machine opens is to the proxy.
-    return isinstance(exc, socket.gaierror) or exc.errno in _CONNECT_ERRNOS
-
-
-def _closed_before_answering(exc: BaseException) -> bool:
-    """Whether the server closed the connection before any HTTP response.
-
-    websockets says so with an :class:`InvalidMessage` caused by an EOF at the
-    status line, or, when the close comes while the request is being sent,
-    with a :class:`ConnectionClosed`.
-    """
-    if isinstance(exc, ConnectionClosed):
+    def receive_eof(self) -> bool:
+        """The server closed the connection; True (the handshake is over)."""
+        self._eof = True
+        self.protocol.receive_eof()
+        self._check()
         return True
-    cause = exc.__cause__
-    return (
-        isinstance(exc, InvalidMessage)
-        and isinstance(cause, EOFError)
-        and "status line" in str(cause)
-    )
 
+    def _check(self) -> bool:
+        if self._response is not None or self.protocol.handshake_exc is not None:
+            return True
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):
+                self._response = event
+                return True
+        return self.protocol.handshake_exc is not None
 
-def _tls_alert(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS alert from the server in ``exc``'s chain of causes, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError) and "ALERT" in (
-            getattr(current, "reason", None) or ""
-        ):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    def result(self) -> Opened:
+        """The OPEN protocol, request, response and the bytes read behind the response.
 
-
-def handshake_failure(
-    exc: BaseException, uri: str, *, proxy: str | None = None
-) -> BaseException | None:
-    """The exception to raise for ``exc``, raised while opening ``uri``.
-
-    ``proxy``: the proxy the connection went through (see :func:`proxy_in_use`),
-    named in the message of a failure that is the proxy's.
-
-    Returns None when ``exc`` should propagate as it is (raise it unchanged).
-    Otherwise raise the result ``from exc``.
-    """
-    shown = redact(uri)
-    if isinstance(exc, InvalidURI):
-        return ValueError(f"{shown!r} is not a valid WebSocket URI: {exc.msg}")
-    if isinstance(exc, InvalidProxy):
-        return ValueError(
-            f"invalid proxy {redact(exc.proxy)} for {shown}: {exc.msg} (check the *_proxy "
-            "environment variables, or pass proxy=None)"
-        )
-    if isinstance(exc, ProxyError) or proxy is not None:
-        mapped = _proxy_failure(exc, uri, proxy)
-        if mapped is not None:
-            return mapped
-    if isinstance(exc, InvalidStatus):
-        response = exc.response
-        status = response.status_code
-        return HandshakeError(
-            f"the server at {shown} refused the WebSocket handshake with HTTP {status} "
-            f"{response.reason_phrase}; {status_advice(status)}",
-            status=status,
-        )
-    secure = uri.lower().startswith("wss:")
-    alert = _tls_alert(exc) if secure else None
-    if alert is not None and alert is not exc:
-        return tls_failure(uri, alert)  # a TLS alert behind a websockets exception
-    if _closed_before_answering(exc):
-        hint = (
-            " (a server that requires a TLS client certificate does this when it gets none, "
-            "or one it does not trust)"
-            if secure
-            else ""
-        )
-        if proxy is not None:
-            hint += (
-                f" (through the {_proxy_kind(proxy)} proxy {redact(proxy)}, which may close it "
-                "like this when it cannot reach the server)"
+        Raises:
+            HandshakeError: the server refused (``.status``), answered
+                something that is not a WebSocket, or closed the connection.
+        """
+        exc = self.protocol.handshake_exc
+        if exc is not None:
+            where = shown(self.wsuri)
+            raise handshake_failure(exc, where) or HandshakeError(str(exc)) from exc
+        if self._response is None:
+            raise HandshakeError(
+                f"the server at {self.wsuri.host}:{self.wsuri.port} closed the connection "
+                "during the WebSocket handshake"
             )
-        return HandshakeError(
-            f"the server at {shown} closed the connection without answering the WebSocket "
-            f"handshake{hint}"
+        return Opened(self.protocol, self.request, self._response, self._rest)
+
+
+class ServerHandshake:
+    """The server side: read the upgrade request, answer it.
+
+    ``origins``, ``subprotocols`` and ``select_subprotocol`` are websockets'
+    (``ServerProtocol``). ``process_request(protocol, request)`` may return a
+    response to send instead of the upgrade (``protocol.reject(status, text)``).
+    """
+
+    def __init__(
+        self,
+        options: StreamOptions,
+        *,
+        origins: Sequence[str | None] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        select_subprotocol: Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None]
+        | None = None,
+        process_request: ProcessRequest | None = None,
+        server_header: str | None = USER_AGENT,
+    ) -> None:
+        extensions = enable_server_permessage_deflate(None) if options.compression else None
+        self.protocol = ServerProtocol(
+            origins=[Origin(o) if o is not None else None for o in origins] if origins else None,
+            extensions=extensions,
+            subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
+            select_subprotocol=select_subprotocol,
+            max_size=options.websockets_max_size(),
         )
-    if isinstance(exc, InvalidHandshake):
-        return HandshakeError(f"the WebSocket handshake with {shown} failed: {exc}")
-    if isinstance(exc, ssl.SSLCertVerificationError):
+        self._process_request = process_request
+        self._server_header = server_header
+        self._head = HeadSplitter()
+        self._rest = b""
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.failed = False  # no request (garbage or EOF): close without a stream
+
+    def receive_data(self, data: bytes | bytearray) -> bool:
+        """Bytes from the client; True once the request is read (or the handshake failed).
+
+        Then call :meth:`respond`.
+        """
+        head, rest = self._head.split(data)
+        self.protocol.receive_data(head)
+        self._rest += rest
+        return self._check()
+
+    def receive_eof(self) -> bool:
+        """The client closed the connection; True (the handshake is over, failed)."""
+        self.protocol.receive_eof()
+        self._check()
+        if self.request is None:
+            self.failed = True
+        return True
+
+    def _check(self) -> bool:
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self.request = event
+                return True
+        if self.protocol.handshake_exc is not None:
+            self.failed = True  # websockets queued an HTTP 400 response
+            return True
+        return False
+
+    def respond(self) -> bool:
+        """Answer the request (upgrade, or the hook's / websockets' refusal); True if OPEN."""
+        protocol = self.protocol
+        request = self.request
+        if request is None:
+            return False
+        response: Response | None = None
+        if self._process_request is not None:
+            response = self._process_request(protocol, request)
+        if response is None:
+            response = protocol.accept(request)
+        if self._server_header is not None and "Server" not in response.headers:
+            response.headers["Server"] = self._server_header
+        self.response = response
+        protocol.send_response(response)
+        return protocol.state is OPEN
+
+    def data_to_send(self) -> list[bytes]:
+        """The response's bytes; ``b""`` means: close TCP after writing them."""
+        return self.protocol.data_to_send()
+
+    def result(self) -> Opened:
+        """The OPEN protocol, request, response and the bytes read behind the request."""
+        assert self.request is not None and self.response is not None
+        assert self.protocol.state is OPEN
+        return Opened(self.protocol, self.request, self.response, self._rest)
+
+
+class ProxyConnect:
+    """An HTTP proxy tunnel: the ``CONNECT`` request and what its answer means.
+
+    Raises (from :meth:`receive_data` / :meth:`receive_eof`) websockets'
+    ``InvalidProxyStatus`` (the proxy refused: 407 for credentials, 403 for
+    its rules, 5xx when it cannot reach the server) or
+    ``InvalidProxyMessage`` (not HTTP), which
+    :func:`ws_stream._failures.handshake_failure` words for the user.
+    """
+
+    def __init__(self, proxy: str, wsuri: WebSocketURI, *, user_agent: str | None = USER_AGENT):
+        self.proxy = proxy
+        parts = urlsplit(proxy)
+        host = f"[{wsuri.host}]" if ":" in wsuri.host else wsuri.host
+        lines = [f"CONNECT {host}:{wsuri.port} HTTP/1.1", f"Host: {host}:{wsuri.port}"]
+        if user_agent is not None:
+            lines.append(f"User-Agent: {user_agent}")
+        if parts.username is not None:
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            lines.append("Proxy-Authorization: Basic " + base64.b64encode(token.encode()).decode())
+        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self._head = HeadSplitter()
+        self._buffer = b""
+
+    def receive_data(self, data: bytes) -> bytes | None:
+        """The proxy's bytes; once its answer is complete, the bytes after it (often b"").
+
+        Returns None while the answer is incomplete.
+        """
+        head, rest = self._head.split(data)
+        self._buffer += bytes(head)
+        if not self._head.done:
+            if len(self._buffer) > MAX_HEAD:
+                raise InvalidProxyMessage("the proxy's answer is over 64 KiB")
+            return None
+        status_line = self._buffer.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise InvalidProxyMessage(f"not an HTTP status line: {status_line[:80]!r}")
+        status = int(parts[1])
+        if not 200 <= status < 300:
+            reason = parts[2] if len(parts) > 2 else ""
+            raise InvalidProxyStatus(Response(status, reason, Headers()))
+        return rest
+
+    def receive_eof(self) -> None:
+        raise InvalidProxyMessage("the proxy closed the connection before answering CONNECT")
+
+
+def proxy_for(uri: str, wsuri: WebSocketURI, proxy: str | bool | None) -> str | None:
+    """The proxy to go through: ``True`` means the environment's (as websockets:
+    ``wss_proxy``/``ws_proxy``, ``socks_proxy``, ``https_proxy``, ``http_proxy``,
+    ``no_proxy``), a string that proxy, None or False none.
+
+    Raises:
+        ValueError: the proxy URL is invalid (credentials hidden).
+    """
+    if proxy is True:
+        proxy = get_proxy(wsuri)
+    if not proxy:
         return None
-    if secure and isinstance(
-        exc, ssl.SSLError | ConnectionResetError | ConnectionAbortedError | BrokenPipeError
-    ):
-        return tls_failure(uri, exc)
-    return None
+    try:
+        parse_proxy(proxy)
+    except InvalidProxy as exc:
+        raise handshake_failure(exc, uri) or ValueError(redact(proxy)) from exc
+    return proxy
+
+
+def is_socks(proxy: str) -> bool:
+    """Whether ``proxy`` is a SOCKS proxy URL (else HTTP or HTTPS)."""
+    return parse_proxy(proxy).scheme.startswith("socks")
+
+
+def socks_arguments(proxy: str) -> dict[str, Any]:
+    """The arguments of python-socks' ``Proxy`` (any flavour) for the SOCKS ``proxy`` URL.
+
+    Raises:
+        ImportError: python-socks is not installed (``ws-stream[socks]``).
+    """
+    from python_socks import ProxyType
+
+    parsed = parse_proxy(proxy)
+    kind = {"socks5h": ProxyType.SOCKS5, "socks5": ProxyType.SOCKS5}
+    kind.update({"socks4a": ProxyType.SOCKS4, "socks4": ProxyType.SOCKS4})
+    return {
+        "proxy_type": kind[parsed.scheme],
+        "host": parsed.host,
+        "port": parsed.port,
+        "username": parsed.username,
+        "password": parsed.password,
+        "rdns": parsed.scheme in ("socks5h", "socks4a"),
+    }
+
+
+def socks_failure(exc: Exception) -> Exception:
+    """python-socks' ``exc`` as websockets reports it: an OSError stays, the rest is a
+    ``ProxyError`` caused by it (worded by ``handshake_failure``)."""
+    if isinstance(exc, OSError):
+        return exc
+    error = ProxyError("failed to connect to SOCKS proxy")
+    error.__cause__ = exc
+    return error

@@ -78,7 +78,9 @@ def make(
     options = {k: kw.pop(k) for k in list(kw) if k in fields}
     client, server = open_pair(max_size)
     mine, theirs = (client, server) if side == "client" else (server, client)
-    return Engine(mine, StreamOptions(**options), now=now, **kw), Peer(theirs)
+    engine = Engine(mine, StreamOptions(**options), now=now, **kw)
+    engine.start(now)
+    return engine, Peer(theirs)
 
 
 def events(engine: Engine) -> deque[Event]:
@@ -156,7 +158,8 @@ def test_bytes_read_behind_the_handshake_are_decided_frame_by_frame() -> None:
     client, server = open_pair()
     peer = Peer(server)
     wire = peer.frame(B, b"early") + peer.frame(T, b"t") + peer.frame(Opcode.PING, b"p")
-    engine = Engine(client, StreamOptions(), now=0.0, received=wire)
+    engine = Engine(client, StreamOptions(), now=0.0)
+    engine.start(0.0, received=wire)
     assert drain(engine) == b"early"
     assert isinstance(engine.read_error, TextFrameError)
     assert opcodes(peer.read(engine)) == [Opcode.CLOSE]

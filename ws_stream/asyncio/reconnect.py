@@ -138,7 +138,7 @@ class Reconnecting:
         wake()  # it may have ended already (during on_connect)
 
     def _ended(self, stream: WsStream) -> None:
-        loop = stream.websocket.loop
+        loop = asyncio.get_running_loop()
         frames = stream._close_frames()
         delay = self._machine.disconnected(
             self._idle_error or stream.error,

@@ -11,16 +11,16 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from websockets.asyncio.connection import Connection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import CLOSED, SERVER
+from websockets.protocol import SERVER, Protocol
 
 from .._options import StreamOptions
-from .._policy import EventHub, Subscription, check_close, peer_close
+from .._policy import EventHub, Subscription, check_close
 from ..events import Event
 from ..reconnect import CloseFrames
 from ..stats import StreamStats
 from ._reader import ChunkedStreamReader
 from ._transport import WsTransport
+from .adopt import adopt
 
 __all__ = ["EventStream", "WsStream"]
 
@@ -37,27 +37,30 @@ class WsStream:
     ``WsStream(websocket, **options)`` wraps an open connection of
     ``websockets.asyncio`` (client or server), for instance inside your own
     ``websockets`` handler after routing and authentication. From then on the
-    stream owns the connection's data frames: do not call ``recv()`` on it.
-    Frames websockets had already queued come first in :attr:`reader`.
+    stream owns the connection (see :mod:`ws_stream.asyncio.adopt`): do not
+    call ``recv()``, ``send()`` or ``ping()`` on it. Frames websockets had
+    already queued come first in :attr:`reader`.
 
     Options: ``limit`` (reader high-water mark, default 1 MiB),
     ``max_frame_size`` (largest frame sent, default 64 KiB), ``on_text``
     (``"error"``: a text frame closes with 1003; ``"bytes"``: its UTF-8 bytes
     join the stream), ``close_timeout`` (default: the connection's, else 10 s)
-    and ``max_events`` (per-subscriber event queue, default 256).
+    and ``max_events`` (per-subscriber event queue, default 256). Keepalive
+    pings keep the connection's ``ping_interval`` and ``ping_timeout``.
 
     :attr:`reader` is an :class:`asyncio.StreamReader` and :attr:`writer` an
     :class:`asyncio.StreamWriter` over a real :class:`asyncio.Transport`.
+
+    Raises:
+        TypeError: ``websocket`` is not a websockets asyncio connection, or an
+            option is unknown.
+        ws_stream.asyncio.adopt.AdoptionError: the installed websockets
+            changed what taking over a connection relies on.
     """
 
     def __init__(
         self, websocket: Connection, *, _options: StreamOptions | None = None, **options: Any
     ) -> None:
-        if not isinstance(websocket, Connection):
-            raise TypeError(
-                "WsStream wraps a websockets.asyncio connection "
-                f"(ClientConnection or ServerConnection), not {type(websocket).__name__}"
-            )
         unknown = set(options) - _WRAP_OPTIONS
         if unknown:
             raise TypeError(
@@ -65,28 +68,81 @@ class WsStream:
                 "(max_size, ping_interval, compression...) are set when the websocket is "
                 "opened; WsStream takes " + ", ".join(sorted(_WRAP_OPTIONS))
             )
+        adopted = adopt(websocket)
         if _options is None:
             if "close_timeout" not in options and websocket.close_timeout is not None:
                 options["close_timeout"] = websocket.close_timeout
             _options = StreamOptions(**options)
-        self._options = _options
-        self._websocket = websocket
-        self._loop = websocket.loop
-        self._hub = EventHub[Event](_options.max_events)
-        self._transport = WsTransport(websocket, _options, self._hub, self)
-        self._reader = ChunkedStreamReader(_options.limit, self._loop)
-        self._protocol = asyncio.StreamReaderProtocol(self._reader, loop=self._loop)
-        self._transport.attach(self._protocol)
+        self._setup(
+            adopted.tcp,
+            adopted.protocol,
+            _options,
+            websocket.loop,
+            adopted.extra,
+            ping_interval=websocket.ping_interval,
+            ping_timeout=websocket.ping_timeout,
+            frames=adopted.frames,
+            peer_close=adopted.peer_close,
+            on_lost=adopted.on_lost,
+        )
+        self._websocket: Connection | None = websocket
+        if adopted.lost:
+            self._transport._tcp_lost(None)
+
+    @classmethod
+    def _over(
+        cls,
+        tcp: asyncio.Transport,
+        protocol: Protocol,
+        options: StreamOptions,
+        extra: dict[str, Any],
+        *,
+        received: bytes = b"",
+    ) -> WsStream:
+        """A stream over a TCP transport whose handshake ws_stream did (package-internal)."""
+        self = cls.__new__(cls)
+        self._websocket = None
+        self._setup(
+            tcp,
+            protocol,
+            options,
+            asyncio.get_running_loop(),
+            extra,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
+            received=received,
+        )
+        return self
+
+    def _setup(
+        self,
+        tcp: asyncio.Transport,
+        protocol: Protocol,
+        options: StreamOptions,
+        loop: asyncio.AbstractEventLoop,
+        extra: dict[str, Any],
+        **engine: Any,
+    ) -> None:
+        self._options = options
+        self._loop = loop
+        self._protocol_ws = protocol
+        self._hub = EventHub[Event](options.max_events)
+        self._transport = WsTransport(
+            tcp, protocol, options, loop=loop, hub=self._hub, owner=self, extra=extra, **engine
+        )
+        self._reader = ChunkedStreamReader(options.limit, loop)
+        self._protocol = asyncio.StreamReaderProtocol(self._reader, loop=loop)
         self._writer = _StreamWriter(
             self._transport,
             self._protocol,
             self._reader,
-            self._loop,
-            server_side=websocket.protocol.side is SERVER,
+            loop,
+            server_side=protocol.side is SERVER,
         )
+        self._transport.attach(self._protocol)
 
     def __repr__(self) -> str:
-        return f"<WsStream {self._websocket.protocol.side.name.lower()} {self._websocket.id}>"
+        return f"<WsStream {self._protocol_ws.side.name.lower()} {self._protocol_ws.id}>"
 
     @property
     def reader(self) -> ChunkedStreamReader:
@@ -99,9 +155,14 @@ class WsStream:
         return self._writer
 
     @property
-    def websocket(self) -> Connection:
-        """The wrapped websockets connection."""
+    def websocket(self) -> Connection | None:
+        """The wrapped websockets connection (None when ws_stream opened the connection)."""
         return self._websocket
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol negotiated in the handshake, if any."""
+        return self._protocol_ws.subprotocol
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -111,26 +172,21 @@ class WsStream:
     @property
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
-        ws = self._websocket.protocol
-        return peer_close(ws.close_rcvd, ws.state is CLOSED)[0]
+        return self._transport.engine.close_code
 
     @property
     def close_reason(self) -> str | None:
         """The peer's close reason: None while open, "" if none was received."""
-        ws = self._websocket.protocol
-        return peer_close(ws.close_rcvd, ws.state is CLOSED)[1]
+        return self._transport.engine.close_reason
 
     def _close_frames(self) -> CloseFrames:
         """The closing handshake so far, for the reconnect loop (package-internal)."""
-        ws = self._websocket.protocol
-        return CloseFrames(
-            ws.close_rcvd, ws.close_sent, ws.close_rcvd_then_sent, ws.state is CLOSED
-        )
+        return self._transport.engine.close_frames()
 
     @property
     def close_code_sent(self) -> int | None:
         """The code of the close frame this side sent: None if none was sent (yet)."""
-        sent = self._websocket.protocol.close_sent
+        sent = self._transport.engine.sent
         return None if sent is None else sent.code
 
     @property
@@ -141,10 +197,7 @@ class WsStream:
     @property
     def stats(self) -> StreamStats:
         """Byte, frame and ping counters and the latest ping latency (live object)."""
-        stats = self._transport.stats
-        if self._websocket.latency:  # websockets measures keepalive pings too
-            stats.last_latency = self._websocket.latency
-        return stats
+        return self._transport.stats
 
     @property
     def bytes_sent(self) -> int:
@@ -186,18 +239,18 @@ class WsStream:
         Once a close has begun, this waits at most ``close_timeout`` + 1 s: the
         transport drops TCP when the peer does not answer in time.
         """
-        waiter = self._websocket.connection_lost_waiter
-        if waiter.done():
+        closed = self._transport.closed
+        if closed.done():
             return
         if self._transport.is_closing():
             try:
                 async with asyncio.timeout(self._options.close_timeout + 1):
-                    await asyncio.shield(waiter)
+                    await asyncio.shield(closed)
                 return
             except TimeoutError:
                 logger.warning("the connection did not close in time; aborting it")
                 self._transport.abort()
-        await asyncio.shield(waiter)
+        await asyncio.shield(closed)
 
     async def ping(self, data: bytes = b"", *, timeout: float | None = None) -> float:
         """Send a ping and return the round-trip time in seconds when its pong arrives.
@@ -209,21 +262,29 @@ class WsStream:
             TimeoutError: no pong within ``timeout`` (default: ``ping_timeout``,
                 else 20 s).
             ConnectionResetError: the connection closed first.
+            ValueError: a ping with this payload is already waiting for its pong.
         """
+        engine = self._transport.engine
         if timeout is None:
-            timeout = self._websocket.ping_timeout or 20.0
+            timeout = engine.ping_timeout or 20.0
+        pong: asyncio.Future[float | None] = self._loop.create_future()
+
+        def waiter(latency: float | None) -> None:
+            if not pong.done():
+                pong.set_result(latency)
+
         # Writes coalesced in this loop iteration go out first: a ping never
         # overtakes bytes written before it (ws-stream's EOF marker relies on it).
+        payload = engine.ping(data, self._loop.time(), waiter)
         self._transport.flush()
         try:
             async with asyncio.timeout(timeout):
-                pong = await self._websocket.ping(data or None)
-                self._transport.stats.pings_sent += 1
                 latency = await pong
-                self._transport.stats.last_latency = latency
-                return latency
-        except ConnectionClosed as exc:
-            raise ConnectionResetError(f"cannot ping: the connection is closed ({exc})") from exc
+        finally:
+            engine.forget_ping(payload)
+        if latency is None:
+            raise ConnectionResetError("cannot ping: the connection closed first")
+        return latency
 
     def events(self) -> EventStream[Event]:
         """Subscribe to events from now on: ``async for event in stream.events()``.

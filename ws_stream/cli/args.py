@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from .. import __version__
-from .._handshake import redact
+from .._failures import redact
 from .._options import StreamOptions
 from ..reconnect import ReconnectPolicy
 from .proxy import DIRECT, ENVIRONMENT_HELP, ProxyChoice, choose_proxy, proxy_url
@@ -154,7 +154,7 @@ class TargetTls:
 class ClientConfig(CommonConfig):
     """A client of ``ws-stream serve``: ``cat`` (and, with a listen address, ``forward``)."""
 
-    #: May hold ``user:password@``: shown only through :func:`ws_stream._handshake.redact`.
+    #: May hold ``user:password@``: shown only through :func:`ws_stream._failures.redact`.
     uri: str = field(repr=False)
     #: Extra handshake headers, the ``Authorization`` of the bearer token included.
     headers: tuple[tuple[str, str], ...] = field(repr=False)

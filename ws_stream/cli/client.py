@@ -26,7 +26,7 @@ from typing import Any
 from websockets.datastructures import Headers
 from websockets.exceptions import WebSocketException
 
-from .._handshake import redact
+from .._failures import redact
 from ..asyncio import WsStream, connect_stream
 from ..reconnect import ReconnectMachine
 from .args import ClientConfig, ForwardConfig, UnixAddress
@@ -92,7 +92,7 @@ class Dialer:
 
     def opened(self, stream: WsStream) -> str:
         """What logs say about ``stream``, just opened: the proxy and the subprotocol."""
-        subprotocol = stream.websocket.subprotocol
+        subprotocol = stream.subprotocol
         if subprotocol is not None:
             selected = f"; the server selected the subprotocol {subprotocol}"
         elif "subprotocols" in self._options:

@@ -13,7 +13,7 @@ agree: for a ``wss://`` URI ``wss_proxy``, then ``socks_proxy``, then
 ``https_proxy``, then ``http_proxy``; a host listed in ``no_proxy`` is reached
 directly. Upper-case names work too (lower case wins). ``all_proxy`` is not
 read. How a proxy that fails is reported is decided in
-:mod:`ws_stream._handshake`, for the library and the command alike.
+:mod:`ws_stream._failures`, for the library and the command alike.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from websockets.exceptions import InvalidProxy, InvalidURI
 from websockets.proxy import get_proxy, parse_proxy
 from websockets.uri import parse_uri
 
-from .._handshake import redact
+from .._failures import redact
 
 __all__ = ["DIRECT", "ENVIRONMENT_HELP", "SCHEMES", "ProxyChoice", "choose_proxy", "proxy_url"]
 

@@ -157,7 +157,7 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
         started = loop.time()
         with sessions.session() as slot:
             sessions.attach(slot, stream)
-            logger.debug("%s: connected (subprotocol %s)", peer, stream.websocket.subprotocol)
+            logger.debug("%s: connected (subprotocol %s)", peer, stream.subprotocol)
             try:
                 if target is None:
                     error = await _echo(stream, slot.stop)

@@ -8,7 +8,7 @@ from typing import Any, cast
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .._handshake import handshake_failure, proxy_in_use
+from .._failures import handshake_failure, proxy_in_use
 from .._options import split_options
 from .connection import StreamConnection
 from .socket import WsSocket

@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
-from websockets.http11 import Request, Response
-from websockets.protocol import Protocol
 
+from .._handshake import Opened, parse
 from .._options import StreamOptions, split_options
 from ._util import open_collapsing_nursery
-from .handshake import client_handshake, connect_transport, parse, server_handshake
+from .handshake import client_handshake, connect_transport, server_handshake
 from .stream import WsStream
 
 __all__ = ["connect_stream", "open_websocket_stream", "serve_websocket_stream"]
@@ -72,25 +71,22 @@ async def connect_stream(
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
-    return _stream(nursery, transport, *handshake, opts)
+    return _stream(nursery, transport, handshake, opts)
 
 
 def _stream(
     nursery: trio.Nursery,
     transport: trio.abc.Stream,
-    protocol: Protocol,
-    request: Request,
-    response: Response,
-    received: bytes,
+    opened: Opened,
     opts: StreamOptions,
 ) -> WsStream:
     return WsStream(
         transport,
-        protocol,
+        opened.protocol,
         nursery,
-        request=request,
-        response=response,
-        received=received,
+        request=opened.request,
+        response=opened.response,
+        received=opened.received,
         ping_interval=opts.ping_interval,
         ping_timeout=opts.ping_timeout,
         _options=opts,
@@ -137,7 +133,7 @@ async def serve_websocket_stream(
             await trio.aclose_forcefully(transport)
             return
         async with trio.open_nursery() as nursery:
-            stream = _stream(nursery, transport, *result, opts)
+            stream = _stream(nursery, transport, result, opts)
             try:
                 await handler(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -127,8 +127,8 @@ class WsStream(trio.abc.Stream):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             on_wake=self._wake,
-            received=bytes(received),
         )
+        self._engine.start(trio.current_time(), received=bytes(received))
         self._hub = self._engine.hub
         self.stats = self._engine.stats
         self._take_output()

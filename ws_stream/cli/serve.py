@@ -27,12 +27,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ..asyncio import WsStream, start_server, start_unix_server
+from ..asyncio.server import ServerConnection
 from .args import HostPort, ServeConfig, TargetTls, UnixAddress
 from .endpoints import TcpEndpoint, open_tcp, open_unix
 from .lifecycle import EXIT_ERROR, Sessions, Shutdown, Stopped, unless_stopped, until_shutdown
@@ -126,7 +126,7 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
     elif config.max_connections is not None:
         limit = _Places(config.max_connections)
     # One task per reserved connection, waiting for its end (websockets'
-    # public wait_closed()): a --max-connections place is free again once
+    # wait_closed()): a --max-connections place is free again once
     # the TCP connection is gone, whether the handshake succeeded or not.
     releases: set[asyncio.Task[None]] = set()
 

@@ -52,6 +52,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from websockets.exceptions import ConnectionClosed
 from websockets.exceptions import ProtocolError as WsProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, Protocol
@@ -224,6 +225,7 @@ class Engine:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._held: list[bytes] = []  # taken from websockets to read a close frame
+        self._guessed_cause: Exception | None = None
         self.lost_writes = 0  # writes refused after the close (asyncio counts them)
         # Pings: payload -> (sent at, waiter); the keepalive's payload, if one waits.
         self._pings: dict[bytes, tuple[float, PingWaiter]] = {}
@@ -372,6 +374,7 @@ class Engine:
         cause: Exception = (
             WsProtocolError(sent.reason) if sent.code == 1002 else _Violation(sent.reason)
         )
+        self._guessed_cause = cause  # websockets' own exception replaces it at the end
         self._apply(self.policy.parser_failed(cause, sent.code))
         if self.policy.error is not None:
             logger.info("the peer violated the protocol: %s", self.policy.error)
@@ -599,6 +602,22 @@ class Engine:
             self._send_keepalive(now)
         return False
 
+    def _settle(self, closed: ConnectionClosed) -> None:
+        """At the end, websockets' account of the closing handshake (``close_exc``)
+        completes ours: a close frame it recorded before failing the connection
+        (inside a fragmented message) never reached us as a frame; and the
+        exception its parser raised becomes the cause of the violation."""
+        if self.rcvd is None and closed.rcvd is not None:
+            self.rcvd = closed.rcvd
+            self.rcvd_then_sent = closed.rcvd_then_sent
+        if self.sent is None and closed.sent is not None:
+            self.sent = closed.sent
+        error = self.policy.error
+        cause = closed.__cause__
+        guessed = self._guessed_cause
+        if error is not None and guessed is not None and error.__cause__ is guessed and cause:
+            error.__cause__ = cause
+
     def timed_out(self) -> None:
         """The shell dropped TCP for the close deadline (without calling :meth:`timer`)."""
         self.cause = TimeoutError("timed out while closing the connection")
@@ -679,6 +698,7 @@ class Engine:
         if protocol.state is not CLOSED:
             protocol.receive_eof()
             self._take_output()
+        self._settle(protocol.close_exc)
         self.lost = True
         self._pending = []
         self._pending_size = 0

@@ -68,11 +68,12 @@ class WsStream:
                 "(max_size, ping_interval, compression...) are set when the websocket is "
                 "opened; WsStream takes " + ", ".join(sorted(_WRAP_OPTIONS))
             )
-        adopted = adopt(websocket)
         if _options is None:
-            if "close_timeout" not in options and websocket.close_timeout is not None:
-                options["close_timeout"] = websocket.close_timeout
-            _options = StreamOptions(**options)
+            close_timeout = getattr(websocket, "close_timeout", None)
+            if "close_timeout" not in options and close_timeout is not None:
+                options["close_timeout"] = close_timeout
+            _options = StreamOptions(**options)  # invalid options: before the takeover
+        adopted = adopt(websocket)
         self._setup(
             adopted.tcp,
             adopted.protocol,

@@ -240,6 +240,11 @@ class Server:
                 result = self._callback(stream.reader, stream.writer)
                 if inspect.isawaitable(result):
                     await result
+            except ConnectionError as exc:
+                # The peer vanished or broke the protocol while the callback ran:
+                # an ordinary end for a server, not a bug in the callback.
+                logger.info("connection ended while client_connected_cb ran: %s", exc)
+                await stream.close()
             except Exception:
                 logger.exception("client_connected_cb raised; closing the connection with 1011")
                 await stream.close(1011, "internal error")
@@ -315,7 +320,8 @@ async def start_server(
     ``client_connected_cb(reader, writer)`` runs for each connection and may
     be a coroutine function. The connection stays open after it returns,
     until the writer is closed or the peer closes, as with asyncio. If it
-    raises, the connection is closed with 1011.
+    raises, the connection is closed with 1011 (a ConnectionError - the peer
+    vanished or broke the protocol - is logged at info and closes it normally).
 
     Options are those of :func:`ws_stream.open_connection` that concern a
     connection (``open_timeout`` - the handshake's bound -, ``close_timeout``,

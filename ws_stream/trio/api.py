@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
 
-from .._handshake import Opened, parse
+from .._failures import handshake_failure
+from .._handshake import Opened, parse, proxy_for
 from .._options import StreamOptions, split_options
 from ._util import open_collapsing_nursery
 from .handshake import client_handshake, connect_transport, server_handshake
@@ -34,7 +36,9 @@ async def open_websocket_stream(
     ``close_timeout``, ``ping_interval``, ``ping_timeout``, ``max_size``,
     ``max_frame_size``, ``limit``, ``compression``, ``on_text``,
     ``max_events``) plus ``additional_headers``, ``subprotocols``, ``origin``,
-    ``user_agent_header``. On exit the stream is closed (handshake bounded by
+    ``user_agent_header`` and ``proxy`` (as :func:`ws_stream.open_connection`:
+    by default the environment's, a URL, or None; HTTP, HTTPS and SOCKS with
+    ``ws-stream[socks]``). On exit the stream is closed (handshake bounded by
     ``close_timeout``).
 
     Raises:
@@ -60,17 +64,26 @@ async def connect_stream(
     streams in a nursery of its own. Same options and errors.
     """
     opts, rest = split_options(options)
-    unknown = set(rest) - _CLIENT_KEYS
+    unknown = set(rest) - _CLIENT_KEYS - {"proxy"}
     if unknown:
         raise TypeError(f"unexpected options {sorted(unknown)}")
     wsuri = parse(uri)
-    with trio.fail_after(opts.open_timeout if opts.open_timeout is not None else float("inf")):
-        transport = await connect_transport(wsuri, ssl)
-        try:
-            handshake = await client_handshake(transport, wsuri, opts, **rest)
-        except BaseException:
-            await trio.aclose_forcefully(transport)
+    proxy = proxy_for(uri, wsuri, rest.pop("proxy", True))
+    try:
+        with trio.fail_after(opts.open_timeout if opts.open_timeout is not None else math.inf):
+            transport = await connect_transport(wsuri, ssl, proxy)
+            try:
+                handshake = await client_handshake(transport, wsuri, opts, **rest)
+            except BaseException:
+                await trio.aclose_forcefully(transport)
+                raise
+    except Exception as exc:
+        if proxy is None:
             raise
+        mapped = handshake_failure(exc, uri, proxy=proxy)
+        if mapped is None:
+            raise
+        raise mapped from exc
     return _stream(nursery, transport, handshake, opts)
 
 

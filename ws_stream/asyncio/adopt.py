@@ -86,8 +86,9 @@ def adopt(websocket: Connection) -> Adopted:
     """
     if not isinstance(websocket, Connection):
         raise TypeError(
-            "WsStream wraps a websockets.asyncio connection "
-            f"(ClientConnection or ServerConnection), not {type(websocket).__name__}"
+            "WsStream wraps a websockets.asyncio connection (ClientConnection or "
+            "ServerConnection), an accepted Starlette/FastAPI WebSocket or an aiohttp "
+            f"WebSocketResponse / ClientWebSocketResponse, not {type(websocket).__name__}"
         )
     check_adoptable(websocket)
     # Connection.transport: the TCP transport, set in connection_made().

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 from asyncio import sslproto
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -18,6 +19,7 @@ from .._policy import EventHub, Subscription, check_close
 from ..events import Event
 from ..reconnect import CloseFrames
 from ..stats import StreamStats
+from ._messages import MessageLink, MessageSocket, open_pair
 from ._reader import ChunkedStreamReader
 from ._transport import WsTransport
 from .adopt import adopt
@@ -58,9 +60,17 @@ class WsStream:
             changed what taking over a connection relies on.
     """
 
+    _front_end: str | None = None  # "ASGI", "aiohttp": a message-based front end
+
     def __init__(
         self, websocket: Connection, *, _options: StreamOptions | None = None, **options: Any
     ) -> None:
+        socket = _message_socket(websocket)
+        if socket is not None:
+            from ..asgi import _stream_options
+
+            self._over_messages(socket, _stream_options(options), into=self)
+            return
         unknown = set(options) - _WRAP_OPTIONS
         if unknown:
             raise TypeError(
@@ -89,6 +99,20 @@ class WsStream:
         self._websocket: Connection | None = websocket
         if adopted.lost:
             self._transport._tcp_lost(None)
+
+    @classmethod
+    def _over_messages(
+        cls, socket: MessageSocket, options: StreamOptions, *, into: WsStream | None = None
+    ) -> WsStream:
+        """A stream over a message-based front end (ASGI, aiohttp; package-internal)."""
+        self = into if into is not None else cls.__new__(cls)
+        self._websocket = None
+        self._front_end = socket.name
+        server, mirror = open_pair()
+        link = MessageLink(socket, mirror)
+        self._setup(link, server, options, asyncio.get_running_loop(), socket.extra())
+        link.start()
+        return self
 
     @classmethod
     def _over(
@@ -163,7 +187,8 @@ class WsStream:
     @property
     def subprotocol(self) -> str | None:
         """The subprotocol negotiated in the handshake, if any."""
-        return self._protocol_ws.subprotocol
+        subprotocol: str | None = self._transport.get_extra_info("subprotocol")
+        return subprotocol
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -264,7 +289,14 @@ class WsStream:
                 else 20 s).
             ConnectionResetError: the connection closed first.
             ValueError: a ping with this payload is already waiting for its pong.
+            NotImplementedError: the stream wraps a front end without pings
+                (ASGI, aiohttp).
         """
+        if self._front_end is not None:
+            raise NotImplementedError(
+                f"a WebSocket of {self._front_end} cannot send pings from the application; "
+                "its server or client keeps the connection alive (see README: front ends)"
+            )
         engine = self._transport.engine
         if timeout is None:
             timeout = engine.ping_timeout or 20.0
@@ -310,6 +342,26 @@ class WsStream:
             await self.close()
         else:
             await self.close(1011, "internal error")
+
+
+def _message_socket(websocket: object) -> MessageSocket | None:
+    """The front end's message socket when ``websocket`` is a Starlette or aiohttp
+    WebSocket (detected without importing those frameworks unless in use)."""
+    starlette = sys.modules.get("starlette.websockets")
+    if starlette is not None and isinstance(websocket, starlette.WebSocket):
+        from ..asgi import starlette_socket
+
+        return starlette_socket(websocket)
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(
+        websocket, aiohttp.web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+    ):
+        from ..aiohttp import AiohttpSocket
+
+        if getattr(websocket, "closed", False) or not getattr(websocket, "prepared", True):
+            raise ValueError("the aiohttp WebSocket must be prepared and open")
+        return AiohttpSocket(websocket)
+    return None
 
 
 class _StreamWriter(asyncio.StreamWriter):

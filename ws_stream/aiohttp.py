@@ -1,0 +1,67 @@
+"""A byte stream over aiohttp's WebSockets, server (``web.WebSocketResponse``) and
+client (``ClientSession.ws_connect()``).
+
+``ws_stream.WsStream(ws)`` wraps a prepared ``WebSocketResponse`` or a
+``ClientWebSocketResponse``; the stream is the same as over TCP (see
+:mod:`ws_stream.asyncio._messages`). What aiohttp does itself: pings (its
+``heartbeat`` and ``autoping``; ``ping()`` of the stream raises
+:exc:`NotImplementedError`), the message size limit (``max_msg_size``), and
+answering the peer's close.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .asyncio._messages import BYTES, CLOSE, TEXT, Message
+
+__all__ = ["AiohttpSocket"]
+
+
+class AiohttpSocket:
+    """An aiohttp WebSocket as whole messages (see ``MessageSocket``)."""
+
+    name = "aiohttp"
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def receive(self) -> Message:
+        from aiohttp import WSMsgType
+
+        ws = self.ws
+        while True:
+            message = await ws.receive()
+            kind = message.type
+            if kind is WSMsgType.BINARY:
+                return BYTES, message.data
+            if kind is WSMsgType.TEXT:
+                return TEXT, message.data
+            if kind is WSMsgType.CLOSE:
+                return CLOSE, (int(message.data), message.extra or "")
+            if kind in (WSMsgType.PING, WSMsgType.PONG):
+                continue  # autoping=False: nothing for the byte stream
+            # CLOSING, CLOSED, ERROR: the connection is over.
+            code = ws.close_code
+            if code is None or kind is WSMsgType.ERROR:
+                return CLOSE, (1006, "")
+            return CLOSE, (code, "")
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    def extra(self) -> dict[str, Any]:
+        ws = self.ws
+        return {
+            "peername": self._transport_info("peername"),
+            "sockname": self._transport_info("sockname"),
+            "subprotocol": ws.ws_protocol,
+            "aiohttp_ws": ws,
+        }
+
+    def _transport_info(self, name: str) -> Any:
+        get = getattr(self.ws, "get_extra_info", None)
+        return get(name) if get is not None else None

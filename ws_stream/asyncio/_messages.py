@@ -1,0 +1,284 @@
+"""Message-based WebSockets (ASGI, aiohttp) under the same engine as every stream.
+
+A front end such as ASGI or aiohttp hands over whole *messages*, not bytes: no
+frames, no TCP. To keep every decision in the engine (text frames, close
+codes, the close deadline, writes after a close, unread data...), this module
+puts a :class:`MessageLink` where the TCP transport would be: each message
+received from the front end becomes the frame a real peer would have sent
+(websockets' ``Frame.serialize``), and an in-memory WebSocket client
+(websockets' Sans-I/O ``ClientProtocol``, the *mirror*) parses each frame the
+engine sends into a message for the front end. The stream above
+(``WsTransport``, ``WsStream``) is exactly the one used over TCP.
+
+What a front end cannot do, it says: a :class:`WsStream` over a message
+socket has no keepalive of its own (the server's applies) and its ``ping()``
+raises :exc:`NotImplementedError` naming the front end, instead of doing
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+__all__ = ["BYTES", "CLOSE", "TEXT", "MessageLink", "MessageSocket", "open_pair"]
+
+logger = logging.getLogger("ws_stream.asyncio")
+
+BYTES, TEXT, CLOSE = "bytes", "text", "close"
+#: What :meth:`MessageSocket.receive` returns: (BYTES, data), (TEXT, str),
+#: (CLOSE, (code, reason)) - the peer's close, 1006 when the connection was
+#: lost without one.
+Message = tuple[str, Any]
+
+_HIGH_WATER = 2**16  # bytes queued for the front end before pause_writing()
+
+
+class MessageSocket(Protocol):
+    """What a front end offers: whole messages in and out."""
+
+    name: str  # for messages: "ASGI", "aiohttp"
+
+    async def receive(self) -> Message:
+        """The next message from the peer (see :data:`Message`)."""
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary message."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send the close (the front end ends the connection)."""
+
+    def extra(self) -> dict[str, Any]:
+        """``get_extra_info()`` names this front end answers (peername, ...)."""
+
+
+def open_pair() -> tuple[ServerProtocol, ClientProtocol]:
+    """An OPEN pair of Sans-I/O protocols, connected in memory (no size limits:
+    the front end enforces its own)."""
+    client = ClientProtocol(parse_uri("ws://front-end/"), max_size=None)
+    server = ServerProtocol(max_size=None)
+    client.send_request(client.connect())
+    for data in client.data_to_send():
+        server.receive_data(data)
+    (request,) = server.events_received()
+    server.send_response(server.accept(request))  # type: ignore[arg-type]
+    for data in server.data_to_send():
+        client.receive_data(data)
+    client.events_received()
+    assert client.state is OPEN and server.state is OPEN
+    return server, client
+
+
+class MessageLink(asyncio.Transport):
+    """Stands where the TCP transport would: bytes of frames in and out, messages below.
+
+    Reading pauses by not calling the front end's ``receive()``: past the
+    reader's ``limit``, the front end's own buffers hold what the peer sends
+    (and its flow control slows the peer). Writes queue messages for one
+    sender task; past 64 KiB queued, the stream's protocol is paused.
+    """
+
+    def __init__(self, socket: MessageSocket, mirror: ClientProtocol) -> None:
+        super().__init__()
+        self._socket = socket
+        self._mirror = mirror
+        self._loop = asyncio.get_running_loop()
+        self._protocol: asyncio.Protocol | None = None
+        self._outbox: deque[tuple[str, Any]] = deque()
+        self._queued = 0
+        self._wake_sender = asyncio.Event()
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._writing_paused = False
+        self._peer_closed = False  # the front end reported the peer's close
+        self._close_sent = False  # our close went (or goes) to the front end
+        self._closing = False
+        self._lost = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start moving messages (once the stream is the protocol)."""
+        self._tasks = [
+            self._loop.create_task(self._receiver()),
+            self._loop.create_task(self._sender()),
+        ]
+
+    # Incoming: messages -> the frames a peer would have sent
+
+    async def _receiver(self) -> None:
+        try:
+            while not self._lost:
+                await self._reading.wait()
+                kind, value = await self._socket.receive()
+                if self._lost or self._close_sent:
+                    return  # our close is under way: the sender ends the connection
+                if kind == BYTES:
+                    self._feed(Opcode.BINARY, value)
+                elif kind == TEXT:
+                    self._feed(Opcode.TEXT, value.encode())
+                else:
+                    code, reason = value
+                    self._peer_closed = True
+                    if code == 1006:
+                        self._connection_lost(_lost())
+                    else:
+                        self._feed_close(code, reason)
+                        self._connection_lost(None)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.info("the %s WebSocket failed: %r", self._socket.name, exc)
+            self._connection_lost(exc)
+
+    def _feed(self, opcode: Opcode, data: bytes) -> None:
+        """Hand the stream the frame a peer would have sent (masked: a client's)."""
+        if self._protocol is not None and not self._lost:
+            frame = Frame(opcode, data).serialize(mask=True, extensions=[])
+            self._protocol.data_received(frame)
+
+    def _feed_close(self, code: int, reason: str) -> None:
+        payload = b"" if code == 1005 else Close(code, reason).serialize()
+        self._feed(Opcode.CLOSE, payload)
+
+    # Outgoing: frames from the engine -> messages
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._lost:
+            return
+        mirror = self._mirror
+        mirror.receive_data(bytes(data))
+        for event in mirror.events_received():
+            assert isinstance(event, Frame)
+            if event.opcode is Opcode.BINARY or event.opcode is Opcode.CONT:
+                self._outbox.append((BYTES, event.data))
+                self._queued += len(event.data)
+            elif event.opcode is Opcode.CLOSE:
+                close = Close.parse(event.data)
+                if not self._peer_closed and not self._close_sent:
+                    self._close_sent = True
+                    self._outbox.append((CLOSE, (close.code, close.reason)))
+            # Pings cannot come: a stream over a front end without pings
+            # refuses ping() and has no keepalive.
+        # The mirror answers pings and closes on its own: ignored, the front
+        # end's peer answers (see _sender for the close).
+        mirror.data_to_send()
+        if self._outbox:
+            self._wake_sender.set()
+        if self._queued > _HIGH_WATER and not self._writing_paused and self._protocol:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    async def _sender(self) -> None:
+        socket = self._socket
+        try:
+            while True:
+                while not self._outbox:
+                    self._wake_sender.clear()
+                    await self._wake_sender.wait()
+                kind, value = self._outbox.popleft()
+                if kind == BYTES:
+                    await socket.send_bytes(bytes(value))
+                    self._queued -= len(value)
+                    if self._writing_paused and self._queued <= _HIGH_WATER // 4:
+                        self._writing_paused = False
+                        if self._protocol is not None and not self._lost:
+                            self._protocol.resume_writing()
+                    continue
+                code, reason = value
+                await socket.close(code, reason)
+                # The front end ended the connection; it does not report the
+                # peer's answer: a peer answers a close with its code.
+                self._feed_close(code, reason)
+                self._connection_lost(None)
+                return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.info("sending on the %s WebSocket failed: %r", socket.name, exc)
+            self._connection_lost(exc)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._reading.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        if self._protocol is not None:
+            self._protocol.connection_lost(exc)
+
+    # asyncio.Transport, as the stream uses it
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._socket.extra().get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        """The stream is done with the connection (its closing handshake is over)."""
+        self._closing = True
+        if not self._close_sent and not self._peer_closed and not self._lost:
+            self._close_sent = True
+            self._outbox.append((CLOSE, (1000, "")))
+            self._wake_sender.set()
+        elif self._peer_closed or not self._outbox:
+            self._loop.call_soon(self._connection_lost, None)
+
+    def abort(self) -> None:
+        """Drop the connection: the front end closes it with 1011 if it is still open."""
+        self._closing = True
+        self._outbox.clear()
+        if not self._close_sent and not self._peer_closed and not self._lost:
+            self._close_sent = True
+            task = self._loop.create_task(self._socket.close(1011, "connection dropped"))
+            task.add_done_callback(lambda _: self._connection_lost(None))
+        else:
+            self._loop.call_soon(self._connection_lost, None)
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def is_reading(self) -> bool:
+        return self._reading.is_set()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass  # the end of the connection is the front end's close
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return _HIGH_WATER // 4, _HIGH_WATER
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # fixed: the front end has its own
+
+
+def _lost() -> ConnectionResetError:
+    return ConnectionResetError("the connection was lost without a close frame (1006)")

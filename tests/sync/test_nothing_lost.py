@@ -366,8 +366,8 @@ def test_a_collected_file_still_closes_the_connection_cleanly() -> None:
         del f
         assert time.monotonic() - start < 1, "the finalizer blocked"
         assert ends.get(timeout=10) == b""  # a close frame: a clean EOF
-        sock.websocket.recv_events_thread.join(10)
-        assert not sock.websocket.recv_events_thread.is_alive()
+        sock.websocket.reader_thread.join(10)
+        assert not sock.websocket.reader_thread.is_alive()
 
 
 def test_a_collected_file_never_waits_for_a_silent_peer() -> None:

@@ -1,10 +1,12 @@
 """The blocking shell's wire: a TCP socket it owns and the TLS layers over it.
 
-The socket is switched to non-blocking mode once and never changed back:
-every wait is a ``poll()`` on it with the caller's budget, so a read or a
-write can be timed (or made non-blocking) per call, from any thread, without
-touching the socket's timeout - which would change the file descriptor's
-mode under a thread blocked on it.
+The socket's mode is set once and never changed: a timeout would change the
+file descriptor's mode under a thread blocked on it. Where the platform has
+``MSG_DONTWAIT`` (Linux, BSD, macOS) the socket stays blocking, so that the
+reader thread and an untimed write make one system call each, and a write
+(or a read while opening) that must be timed is a ``MSG_DONTWAIT`` call plus
+a ``poll()`` within its budget. Elsewhere the socket is non-blocking and
+every wait is a ``poll()``.
 
 TLS runs in memory (:class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO`),
 as asyncio does, never as an :class:`ssl.SSLSocket`. Why: an ``SSLSocket``
@@ -33,7 +35,10 @@ import threading
 import time
 from typing import Final
 
-__all__ = ["Budget", "Wire", "wait_readable", "wait_writable"]
+__all__ = ["DONTWAIT", "Budget", "Wire", "wait_readable", "wait_writable"]
+
+#: Flags of a send() or recv() that must not block (0: the socket is non-blocking).
+DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
 
 #: Plaintext asked of each TLS read: the largest record (RFC 8446: 2**14 bytes).
 _TLS_READ: Final = 2**14
@@ -150,7 +155,7 @@ class _TlsLayer:
 
 
 class Wire:
-    """A connected TCP socket (made non-blocking) and the TLS layers over it.
+    """A connected TCP socket and the TLS layers over it.
 
     ``sock`` must be a plain connected socket: TLS is added by
     :meth:`start_tls` (an :class:`ssl.SSLSocket` is refused with TypeError).
@@ -164,7 +169,8 @@ class Wire:
                 "pass a plain connected socket: ws_stream adds TLS itself for wss:// "
                 "(with the ssl= context)"
             )
-        sock.setblocking(False)
+        sock.setblocking(bool(DONTWAIT))
+        self.blocking = bool(DONTWAIT)  # whether sock.recv() / sendall() wait in the kernel
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
@@ -242,7 +248,7 @@ class Wire:
         with memoryview(data) as view:
             while view:
                 try:
-                    view = view[sock.send(view) :]
+                    view = view[sock.send(view, DONTWAIT) :]
                 except BlockingIOError:
                     wait_writable(sock, budget.left())
 
@@ -251,7 +257,7 @@ class Wire:
         sock = self.sock
         while True:
             try:
-                return sock.recv(_OPEN_READ)
+                return sock.recv(_OPEN_READ, DONTWAIT)
             except BlockingIOError:
                 wait_readable(sock, budget.left())
 
@@ -321,11 +327,16 @@ class Wire:
             out = layer.outgoing.read()
             if out:
                 self.send_plain(out, budget, below)
+            # The peer's first records may have come with its last handshake
+            # message (a client's request behind its Finished).
+            early = layer.decrypt(b"")
+            if early:
+                self._pushback = b"".join(early)
         except ssl.SSLError:
             # Our alert (a certificate we reject, one the client lacks) tells
             # the peer why: send it if the socket takes it at once.
             out = layer.outgoing.read()
             if out:
                 with contextlib.suppress(OSError, ssl.SSLError):
-                    self.sock.send(self.seal(out, below))
+                    self.sock.send(self.seal(out, below), DONTWAIT)
             raise

@@ -1,42 +1,42 @@
-"""The blocking shell's engine: websockets' threading connection, carrying a byte stream.
+"""The blocking shell's connection: one WebSocket over a socket it owns, as a byte stream.
 
-It moves bytes and wakes waiting threads; what a frame, a failure or the end of
-the connection means is decided by :class:`ws_stream._policy.StreamPolicy`.
+What a frame, a violation, a timeout or the end of the connection means is
+decided by the engine (:class:`ws_stream._engine.Engine`), shared with the
+other shells; this module only reads, writes, waits and wakes. Nothing of
+websockets' threading implementation is used: the socket, the threads and the
+TLS are ours (see :mod:`ws_stream.sync._wire` for the socket and why TLS runs
+in memory), on websockets' Sans-I/O protocol through the engine.
 
-How it sits on :mod:`websockets.sync`: :class:`StreamConnection` is a subclass
-of websockets' threading ``Connection`` (``connect()`` and ``serve()`` create it
-through their ``create_connection`` argument, so the hooks are in place before
-the first byte arrives). websockets keeps its background thread, which reads
-the socket, runs the Sans-I/O protocol (framing, masking, pings, the closing
-handshake) and writes its automatic answers. We hook the protocol's
-``recv_frame()`` to decide each frame as it is parsed and take data frames
-straight into a byte buffer (no message assembly), and ``events_received()``
-to keep them from websockets' assembler; ``send_data()`` is replaced so that
-no thread ever blocks on the socket while holding websockets' protocol lock
-(see *Writing* below).
+Threads. Each connection has a *reader thread* (a daemon) that reads the
+socket, feeds the engine and wakes the threads waiting for data; the
+application's threads read from the engine's buffer and write frames; one
+process-wide timer thread (:mod:`ws_stream.sync._timer`) calls the engine at
+its deadline (keepalive pings, a pong overdue, ``close_timeout``); a *helper
+thread* finishes writes that were cut short by a timeout. One lock guards the
+engine, the TLS state and the send queue, and no thread ever holds it while
+it waits on the socket.
 
-Reading. The background thread appends payloads to a :class:`~ws_stream._buffer.ChunkBuffer`
-guarded by a lock; readers sleep on a queue token with their timeout. Past
-``limit`` buffered bytes the background thread is parked on websockets'
-``recv_flow_control`` lock before its next ``recv()`` - it stops reading the
-socket - until readers bring the buffer down to ``limit // 2``. A read that
-times out consumes nothing.
+Reading. The reader thread appends to the engine's buffer; past ``limit``
+bytes (:meth:`Engine.should_pause`) it stops reading the socket until readers
+bring the buffer down to half of it. A read that times out consumes nothing.
 
-Writing. Outgoing bytes (our frames, and websockets' pongs and close frames)
+Writing. Outgoing bytes (our frames, and the engine's pongs and close frames)
 go through one ordered queue. Whoever finds nobody writing becomes the
-*flusher* and writes the queue to the socket; others only append, so the
-background thread never waits behind an application write stuck on a full
-socket (which would stop it reading, and deadlock two peers both writing).
-A write with a timeout uses non-blocking sends: when time runs out, bytes
-already framed stay queued (in order, never half-lost) and a helper thread
-finishes them, as a kernel finishes a TCP send buffer. On TLS a write cannot
-be timed (a record, once started, must be finished, and ``MSG_DONTWAIT`` does
-not apply), so a write with a timeout hands the queue to the helper thread at
-once and waits for it within its time: the same promise as on plain TCP. An
-idle helper lingers :data:`HELPER_LINGER` seconds for more work; it is a daemon
-thread, like websockets' own.
+*flusher* and writes the queue to the socket; others only append. The reader
+and timer threads never wait on the socket: they write what it takes at
+once and leave the rest to the helper thread, so a peer that does not read
+never stops us reading (which would deadlock two peers both writing). A
+write with a timeout writes until time runs out; then the bytes it already
+framed stay queued, in order, and the helper finishes them, as a kernel
+finishes a TCP send buffer - over ``wss://`` as over ``ws://``. An idle helper
+lingers :data:`HELPER_LINGER` seconds for more work; it is a daemon thread.
 
-Finalizers. :meth:`StreamConnection.abandon` is the only close a finalizer may
+The end. The reader thread ends the connection when the socket ends (EOF,
+an error, or TCP dropped by a close timeout, a failed write or a finalizer)
+and closes the socket once no other thread is inside a call on it: a
+descriptor closed under a thread could be reused by another connection.
+
+Finalizers. :meth:`Connection.abandon` is the only close a finalizer may
 call: it never blocks and never starts a thread (a finalizer may run at any
 allocation, in any thread, or during interpreter shutdown, when no new thread
 can start and daemon threads no longer run).
@@ -46,36 +46,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import logging
-import queue
-import select
+import math
 import socket
-import ssl
 import threading
 import time
 from collections import deque
 from typing import Any, Final
 
-from websockets.frames import Frame, Opcode
-from websockets.protocol import CLOSED, CLOSING, OPEN, Protocol
-from websockets.protocol import Event as WsEvent
-from websockets.sync.connection import Connection
-from websockets.sync.utils import Deadline
-from websockets.typing import BytesLike
+from websockets.exceptions import ConcurrencyError
+from websockets.http11 import Request, Response
+from websockets.protocol import CLOSED, OPEN, Protocol
 
-from .._buffer import ChunkBuffer
+from .._engine import Engine
+from .._handshake import Opened
 from .._options import StreamOptions
-from .._policy import EventHub, Step, StreamPolicy
-from ..events import Event
-from ..exceptions import WsStreamError
-from ..stats import StreamStats
+from ._timer import TIMERS
+from ._wire import DONTWAIT, Budget, Wire, wait_readable, wait_writable
 
-__all__ = ["Budget", "StreamConnection"]
+__all__ = ["Budget", "Connection"]
 
 logger = logging.getLogger("ws_stream.sync")
-
-_DATA_OPCODES: Final = frozenset({Opcode.BINARY, Opcode.TEXT, Opcode.CONT})
 
 #: Bytes queued for sending past which a write waits: a user-space send buffer.
 SEND_BUFFER: Final = 2**16
@@ -83,400 +74,358 @@ SEND_BUFFER: Final = 2**16
 #: Seconds an idle helper thread waits for more queued bytes before it ends.
 HELPER_LINGER: Final = 5.0
 
-#: A finalizer writes at most this much on a TLS socket (one small record, which
-#: a socket that polls writable takes without blocking); beyond, it drops TCP.
-_NOWAIT_TLS_BYTES: Final = 4096
-
-_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
+_Data = bytes | bytearray | memoryview
 
 
-class Budget:
-    """The time one blocking call may take: ``None`` (forever), 0 (non-blocking) or seconds."""
+class Connection:
+    """One open WebSocket connection carrying a byte stream, over a socket it owns.
 
-    __slots__ = ("end", "nonblocking")
+    Made by :func:`ws_stream.sync.connect` and :func:`ws_stream.sync.serve`
+    once the opening handshake is complete; the application uses it through
+    :class:`ws_stream.sync.WsSocket` (``WsSocket.websocket`` is this object:
+    ``request``, ``response``, ``subprotocol``, ``stats``...).
 
-    def __init__(self, timeout: float | None) -> None:
-        self.nonblocking = timeout == 0
-        self.end = None if timeout is None else time.monotonic() + timeout
-
-    @classmethod
-    def until(cls, deadline: Deadline | None) -> Budget:
-        """The budget of a websockets :class:`Deadline` (``None``: no limit)."""
-        budget = cls(None)
-        if deadline is not None:
-            budget.end = deadline.deadline
-        return budget
-
-    def remaining(self) -> float | None:
-        """Seconds left (may be <= 0), or ``None`` without a limit."""
-        return None if self.end is None else self.end - time.monotonic()
-
-    def expired(self) -> OSError:
-        """What a socket raises when this budget runs out."""
-        if self.nonblocking:
-            return BlockingIOError(errno.EAGAIN, "the operation would block (non-blocking mode)")
-        return TimeoutError("timed out")
-
-    def wait(self, cond: threading.Condition) -> None:
-        """Wait on ``cond`` (held) once, within the budget; raise when it is spent."""
-        left = self.remaining()
-        if left is None:
-            cond.wait()
-            return
-        if left <= 0:
-            raise self.expired()
-        cond.wait(left)
-
-
-class StreamConnection(Connection):
-    """A websockets threading connection whose data frames form a byte stream.
-
-    Created by :func:`ws_stream.sync.connect` and :func:`ws_stream.sync.serve`
-    (see :class:`ClientStreamConnection` and :class:`ServerStreamConnection`);
-    the application uses it through :class:`ws_stream.sync.WsSocket`. Do not
-    call websockets' ``recv()`` / ``send()`` on it: data frames never reach
-    websockets' message assembler.
-
-    Thread-safety: every method here may be called from any thread. Reads are
-    serialized by the receive lock and writes by the flusher role, so one
-    reader thread and one writer thread work at once; two threads reading (or
+    Thread-safety: every method may be called from any thread. Reads are
+    serialized by the lock and writes by the flusher role, so one reader
+    thread and one writer thread work at once; two threads reading (or
     writing) concurrently get whole chunks each but interleave unpredictably.
     """
 
-    #: Bytes the background thread asks of each ``recv()`` (websockets: 64 KiB).
-    #: Larger reads mean fewer wake-ups on bulk transfers; the buffer may
-    #: overshoot ``limit`` by one read.
+    #: Bytes the reader thread asks of each ``recv()``. Larger reads mean fewer
+    #: wake-ups on bulk transfers; the buffer may overshoot ``limit`` by one read.
     recv_bufsize = 2**18
 
     def __init__(
         self,
-        sock: socket.socket,
-        protocol: Protocol,
-        *args: Any,
-        stream_options: StreamOptions,
-        **kwargs: Any,
+        wire: Wire,
+        opened: Opened,
+        options: StreamOptions,
     ) -> None:
-        options = stream_options
-        self.stream_options = options
-        self.policy = StreamPolicy(on_text=options.on_text)
-        self._limit = options.limit
-        self._resume_at = options.limit // 2
+        self.wire = wire
+        self.socket = wire.sock
+        self.protocol: Protocol = opened.protocol
+        self.request: Request = opened.request
+        self.response: Response = opened.response
+        self.options = options
         self.max_frame_size = options.max_frame_size
-        # Events: a hub of bounded per-subscriber queues, guarded by one condition.
-        self.hub = EventHub[Event](options.max_events)
-        self.stats = StreamStats()  # each field has one writer thread
-        self.events_cond = threading.Condition()
-        # Reading: everything below is guarded by recv_lock. Waiting readers
-        # sleep on a SimpleQueue (its get() blocks in C: a prompt wake-up).
-        self.recv_lock = threading.Lock()
-        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._sleepers = 0  # readers that may be asleep (an over-count is harmless)
-        self.buffer = ChunkBuffer()
-        self.ended = False  # no data will be added: EOF, or read_error after the data
-        self.read_error: WsStreamError | None = None
-        self.read_shut = False  # shutdown(SHUT_RD) or close(): the application reads no more
-        self._paused = False  # we hold recv_flow_control: the background thread stops reading
-        self._flow_off = False  # never pause again (the stream is over or discarded)
-        # Writing: everything below is guarded by _out_lock.
-        self._out_lock = threading.Lock()
-        self.out_cond = threading.Condition(self._out_lock)  # for waiting only
-        self._out_waiters = 0
-        self.out: deque[bytes] = deque()  # b"" stands for "shut down the TCP write side"
-        self.out_size = 0
-        self.flushing = False  # some thread is the flusher
-        self.write_broken: BaseException | None = None  # the socket failed while writing
-        self._helper_idle = False  # a helper thread waits for work, without the role
+        self.id = opened.protocol.id
+        try:
+            self.remote_address: Any = self.socket.getpeername()
+            self.local_address: Any = self.socket.getsockname()
+        except OSError:  # already gone
+            self.remote_address = self.local_address = None
+        self._tls = bool(wire.layers)
+        self._blocking = wire.blocking
+        # One lock; conditions for readers, writers (and the idle helper), the
+        # paused reader thread, and event subscribers.
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)
+        self._writable = threading.Condition(self._lock)
+        self._resume = threading.Condition(self._lock)
+        self.events_cond = threading.Condition(self._lock)
+        self._read_waiters = 0
+        self._write_waiters = 0
+        self._reader_paused = False
+        self._read_shut = False  # shutdown(SHUT_RD) or close(): nobody reads any more
+        # The send queue; b"" stands for "shut down the TCP write side".
+        self._out: deque[_Data] = deque()
+        self._out_size = 0
+        self._out_dropped = 0  # how many times the queue was dropped (a failure, the end)
+        self._flushing = False  # some thread holds the flusher role
+        self._helper_idle = False  # the helper waits for work, without the role
         self._helper_handoff = False  # the role was handed to the idle helper
+        self._write_broken: BaseException | None = None  # a write failed or was cut short
         self._abandoned = False  # closed by a finalizer: drop TCP once the queue is out
-        # Closing.
-        self.lost = threading.Event()  # the background thread has finished
-        self._timer_lock = threading.Lock()
-        self._close_timer: threading.Timer | None = None
-        self._parser_exc_seen = False
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        # Whether a write can be timed on this socket: plain TCP with MSG_DONTWAIT.
-        self._can_dontwait = bool(_DONTWAIT) and not self._tls
-        # Take the data frames from websockets as they are parsed.
-        self._pending: list[bytes] = []  # payloads of the read being parsed
-        self._ws_recv_frame = protocol.recv_frame
-        protocol.recv_frame = self._recv_frame  # type: ignore[method-assign]
-        self._ws_events_received = protocol.events_received
-        protocol.events_received = self._events_received  # type: ignore[method-assign]
-        super().__init__(sock, protocol, *args, **kwargs)  # starts the background thread
+        # The socket's end: the last thread using it closes it.
+        self._io_users = 0
+        self._sock_closing = False
+        self._sock_closed = False
+        self._dropped = False  # TCP was shut down: the reader thread must see its end
+        self._armed = math.inf  # the deadline the timer thread will call us at
+        self.lost = threading.Event()  # the connection is over (TCP closed)
+        now = time.monotonic()
+        self.engine = Engine(
+            opened.protocol,
+            options,
+            now=now,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
+            on_wake=self._wake_readers,
+        )
+        self.hub = self.engine.hub
+        self.stats = self.engine.stats
+        with self._lock:
+            # The peer's first frames, read behind the handshake: decided first.
+            self.engine.start(now, received=opened.received)
+            claimed = self._after_engine()
+        self.reader_thread = threading.Thread(
+            target=self._run, name=f"ws_stream reader {self.id}", daemon=True
+        )
+        self.reader_thread.start()
+        if claimed:
+            self._flush_nowait()
 
-    # Incoming: websockets' Sans-I/O frames and events, taken in its
-    # background thread while it holds protocol_mutex.
+    def __repr__(self) -> str:
+        side = self.protocol.side.name.lower()
+        return f"<ws_stream.sync.Connection {side} {self.protocol.state.name.lower()} {self.id}>"
 
-    def _recv_frame(self, frame: Frame) -> None:
-        """Each frame, as websockets parses it: decided at once, in wire order.
+    # Attributes
 
-        Deciding here rather than after the whole read is parsed matters: a
-        text frame fails the connection with 1003 before websockets reacts to
-        the frames behind it in the same read (fail() discards them). Payloads
-        are collected and join the buffer together in :meth:`_events_received`,
-        right after this read is parsed.
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the handshake selected, if any."""
+        return self.protocol.subprotocol
+
+    @property
+    def close_timeout(self) -> float:
+        return self.options.close_timeout
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the socket is not read because the buffer passed ``limit``."""
+        return self._reader_paused
+
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        with self._lock:
+            return len(self.engine.buffer)
+
+    # Engine output (lock held)
+
+    def _after_engine(self) -> bool:
+        """After any call into the engine: queue what it wants sent, follow its deadline.
+
+        Returns True when the caller became the flusher and must write the queue.
         """
-        self._ws_recv_frame(frame)  # websockets validates it first (1002 otherwise)
-        events = self.protocol.events
-        if frame.opcode in _DATA_OPCODES and events and events[-1] is frame:
-            del events[-1]  # ours: a read of tiny frames must not hold them all
-        stats = self.stats
-        stats.frames_received += 1
-        opcode = frame.opcode
-        if opcode is Opcode.PONG:
-            stats.pongs_received += 1
-        step = self.policy.receive_frame(opcode, bytes(frame.data), frame.fin)
-        if step.event is None and step.failure is None and not step.eof:
-            if step.data is not None:
-                self._pending.append(step.data)
-                if len(self._pending) >= 1024:  # tiny frames: bound what one read holds
-                    self._deliver(self._pending)
-                    self._pending = []
+        engine = self.engine
+        writes = engine.data_to_send()
+        claimed = False
+        if self._sock_closing or self._write_broken is not None:
+            writes = []  # nothing more can go out
+        elif writes:
+            self._enqueue(writes)
+        if self._out and not self._flushing and not self._sock_closing:
+            self._flushing = claimed = True
+        deadline = engine.deadline
+        if deadline != self._armed:
+            self._armed = deadline
+            if deadline != math.inf:
+                TIMERS.schedule(self, deadline)
+        return claimed
+
+    def _enqueue(self, writes: list[bytes]) -> None:
+        out = self._out
+        if not self._tls:
+            for data in writes:
+                out.append(data)
+                self._out_size += len(data)
             return
-        if self._pending:  # what came first, first
-            self._deliver(self._pending)
-            self._pending = []
-        self._apply(step)
-
-    def _events_received(self) -> list[WsEvent]:
-        """After a read: data frames are ours (already decided); the rest is websockets'."""
-        events = self._ws_events_received()
-        if events:
-            self.stats.last_frame_at = time.monotonic()
-            events = [
-                event
-                for event in events
-                if not (isinstance(event, Frame) and event.opcode in _DATA_OPCODES)
-            ]
-        if self._pending:
-            self._deliver(self._pending)
-            self._pending = []
-        ws = self.protocol
-        if ws.parser_exc is not None:
-            self._check_parser()
-        if ws.state is CLOSING:
-            self._arm_close_timer()
-        return events
-
-    def _check_parser(self) -> None:
-        ws = self.protocol
-        if ws.parser_exc is not None and not self._parser_exc_seen:
-            self._parser_exc_seen = True
-            code = ws.close_sent.code if ws.close_sent is not None else None
-            self._apply(self.policy.parser_failed(ws.parser_exc, code))
-            if self.policy.error is not None:
-                # websockets failed the connection already; the reader ends with it.
-                logger.info("the peer violated the protocol: %s", self.policy.error)
-                self._end_reader(self.policy.error)
-
-    def _apply(self, step: Step) -> None:
-        data, event, failure, eof = step
-        if data is not None:
-            self._deliver([data])
-        if event is not None:
-            self._publish(event)
-        if failure is not None:
-            if self.protocol.state is OPEN:
-                # The background thread sends the close frame right after this hook.
-                self.protocol.fail(failure.code, failure.reason)
-            logger.info("failing the connection with %d: %s", failure.code, failure.error)
-            self._end_reader(failure.error)
-        if eof:
-            self._end_reader(None)
-
-    def _deliver(self, payloads: list[bytes]) -> None:
-        with self.recv_lock:
-            if self.read_shut:
-                return  # nobody will read it: discard, as TCP does after SHUT_RD
-            append = self.buffer.append
-            before = size = len(self.buffer)
-            for payload in payloads:
-                size = append(payload)
-            self.stats.bytes_received += size - before
-            # Past the limit, the background thread parks on this lock before
-            # its next recv().
-            if (
-                size > self._limit
-                and not self._paused
-                and not self._flow_off
-                and self.recv_flow_control.acquire(blocking=False)
-            ):
-                self._paused = True
-                logger.debug("%d bytes buffered: reading paused", size)
-            if self._sleepers:
-                self._wake_readers()
-
-    def _publish(self, event: Event) -> None:
-        with self.events_cond:
-            self.hub.publish(event)
-
-    def _end_reader(self, error: WsStreamError | None) -> None:
-        with self.recv_lock:
-            if not self.ended:
-                self.ended = True
-                self.read_error = error
-            self._stop_flow_control()
-            self._wake_readers()
-
-    def _stop_flow_control(self) -> None:
-        """Let the background thread read to the end (recv_lock held).
-
-        Safe once nothing more joins the buffer: the stream ended, or the
-        application stopped reading and incoming data is discarded.
-        """
-        self._flow_off = True
-        if self._paused:
-            self._paused = False
-            self.recv_flow_control.release()
+        plain = [data for data in writes if data]
+        if plain:
+            sealed = self.wire.seal(plain[0] if len(plain) == 1 else b"".join(plain))
+            out.append(sealed)
+            self._out_size += len(sealed)
+        if len(plain) < len(writes):  # b"": close the TLS session, then TCP's write side
+            notify = self.wire.close_notify()
+            if notify:
+                out.append(notify)
+                self._out_size += len(notify)
+            out.append(b"")
 
     def _wake_readers(self) -> None:
-        """Wake every sleeping reader (recv_lock held)."""
-        for _ in range(self._sleepers):
-            self._wake.put(None)
-        self._sleepers = 0
+        """The engine's ``on_wake``: data, EOF or an error for the reader (lock held)."""
+        if self._read_waiters:
+            self._readable.notify_all()
 
-    def _sleep(self, budget: Budget) -> None:
-        """Release recv_lock until woken or the budget is spent; raise once it is.
+    def _notify_writers(self) -> None:
+        if self._write_waiters:
+            self._writable.notify_all()
 
-        A reader that timed out stays counted, so a later wake-up may be
-        spurious; callers re-check. No wake-up is ever lost: the token waits
-        in the queue.
-        """
-        left = budget.remaining()
-        if left is not None and left <= 0:
-            raise budget.expired()
-        self._sleepers += 1
-        self.recv_lock.release()
+    # The reader thread
+
+    def _run(self) -> None:
+        """Read the socket until the connection ends; never waits on a writer."""
+        cause: BaseException | None = None
+        sock = self.socket
+        size = self.recv_bufsize
+        engine = self.engine
+        lock = self._lock
         try:
-            self._wake.get(timeout=left)
-        except queue.Empty:
-            pass
+            while True:
+                with lock:
+                    if engine.should_pause():
+                        self._reader_paused = True
+                        while engine.should_pause() and not self._dropped:
+                            # Read backpressure: stop reading. (The timeout only
+                            # rechecks _dropped, which a finalizer may set unlocked.)
+                            self._resume.wait(1.0)
+                        self._reader_paused = False
+                        self.stats.read_resumed_at = time.monotonic()
+                    if self.protocol.state is CLOSED:
+                        break
+                try:
+                    data = sock.recv(size)
+                except BlockingIOError:
+                    wait_readable(sock, None)
+                    continue
+                with lock:
+                    if data:
+                        self._feed(data)
+                    else:
+                        engine.receive_eof()
+                    claimed = self._after_engine()
+                if claimed:
+                    self._flush_nowait()
+                if not data:
+                    break
+        except OSError as exc:  # a reset, invalid TLS (ssl.SSLError)...
+            logger.debug("reading the connection failed: %r", exc)
+            cause = exc
+        except BaseException as exc:  # pragma: no cover - a bug
+            logger.exception("the reader thread of %r failed", self)
+            cause = exc
         finally:
-            self.recv_lock.acquire()
+            self._finish(cause)
 
-    def _maybe_resume(self) -> None:
-        """After a read (recv_lock held): resume reading below half the limit."""
-        if self._paused and len(self.buffer) <= self._resume_at:
-            self._paused = False
-            self.recv_flow_control.release()
-            logger.debug("%d bytes buffered: reading resumed", len(self.buffer))
+    def _feed(self, data: bytes) -> None:
+        """Bytes read from the socket, to the engine (lock held)."""
+        engine = self.engine
+        now = time.monotonic()
+        if self._tls:
+            plain, answer, eof = self.wire.unseal(data)
+            if answer:
+                self._out.append(answer)
+                self._out_size += len(answer)
+            if plain:
+                engine.receive_data(plain, now)
+            if eof:  # the peer's close_notify: nothing more will come
+                engine.receive_eof()
+        else:
+            engine.receive_data(data, now)
+        if self._read_shut:
+            engine.buffer.clear()  # nobody will read it: discard, as TCP after SHUT_RD
 
-    # The end of the connection
-
-    def recv_events(self) -> None:
-        try:
-            super().recv_events()
-        finally:
-            # websockets closed the socket and processed every event: the end.
-            self._connection_lost()
-
-    def _connection_lost(self) -> None:
-        with self._timer_lock:
-            if self._close_timer is not None:
-                self._close_timer.cancel()
-                self._close_timer = None
-        ws = self.protocol
-        ending = self.policy.connection_lost(ws.close_rcvd, ws.close_sent, self.connection_exc)
-        if ending.error is not None:
-            logger.debug("%s", ending.error)
-        self._end_reader(ending.error)
-        for event in ending.events:
-            self._publish(event)
-        with self.out_cond:
-            self.lost.set()
-            self.out_cond.notify_all()
+    def _finish(self, cause: BaseException | None) -> None:
+        """The connection is over: close the socket, end the engine, wake everyone."""
+        with self._lock:
+            self._sock_closing = True
+            self._drop_queue()
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)  # wakes a writer blocked on it
+            self._socket_released()
+            if cause is None:
+                cause = self._write_broken
+            self.engine.connection_lost(cause)
+            self._readable.notify_all()
+            self._writable.notify_all()
+            self._resume.notify_all()
+            self.events_cond.notify_all()
+        self.lost.set()
         logger.debug("connection %s closed", self.id)
 
-    def close_socket(self) -> None:
-        """Shut down and close the socket; the background thread ends promptly.
+    def _drop_queue(self) -> None:
+        """Nothing queued will go out (lock held); writers waiting on it learn it."""
+        if self._out:
+            self._out.clear()
+            self._out_size = 0
+            self._out_dropped += 1
 
-        ``shutdown()`` first: unlike ``close()``, it wakes a thread blocked in
-        a ``send()`` on this socket.
+    def _socket_released(self) -> None:
+        """Close the socket once it is closing and no thread uses it (lock held)."""
+        if self._sock_closing and not self._io_users and not self._sock_closed:
+            self._sock_closed = True
+            self.socket.close()
+
+    def _drop_tcp(self) -> None:
+        """Shut the socket down: the reader thread sees its end and finishes the connection.
+
+        Under the lock, so that the socket cannot be closed (and its descriptor
+        reused) meanwhile; ``shutdown()`` does not block.
         """
-        with self.recv_lock:
-            self._stop_flow_control()  # the background thread may be parked
-        with contextlib.suppress(OSError):  # not connected any more
-            self.socket.shutdown(socket.SHUT_RDWR)
-        super().close_socket()
+        with self._lock:
+            self._dropped = True
+            self._resume.notify_all()  # a paused reader thread must see the end
+            if not self._sock_closed:
+                with contextlib.suppress(OSError):
+                    self.socket.shutdown(socket.SHUT_RDWR)
 
-    def abort(self, cause: BaseException) -> None:
-        """Drop the TCP connection now, recording ``cause`` as the reason."""
-        mutex = self.protocol_mutex
-        if not mutex.acquire(blocking=False):
-            # A thread blocked in a send() holds it: wake that thread first.
-            with contextlib.suppress(OSError):
-                self.socket.shutdown(socket.SHUT_RDWR)
-            if not mutex.acquire(timeout=1.0):  # pragma: no cover - defensive
-                self.close_socket()
-                return
-        try:
-            self.set_connection_exc(cause)
-        finally:
-            mutex.release()
-        self.close_socket()
+    # The timer thread
 
-    def _arm_close_timer(self) -> None:
-        """Bound the closing handshake: drop TCP after close_timeout."""
-        with self._timer_lock:
-            if self._close_timer is None and not self.lost.is_set():
-                timer = threading.Timer(self.stream_options.close_timeout, self._close_timed_out)
-                timer.daemon = True
-                timer.name = f"ws_stream close timer {self.id}"
-                self._close_timer = timer
-                timer.start()
-
-    def _close_timed_out(self) -> None:
-        if self.lost.is_set():
-            return
-        logger.info(
-            "the peer did not complete the closing handshake within %.1f s; dropping TCP",
-            self.stream_options.close_timeout,
-        )
-        self.abort(TimeoutError("timed out while closing the connection"))
+    def _timer_fired(self, when: float) -> None:
+        """The engine's deadline passed (called by the timer thread)."""
+        with self._lock:
+            if when != self._armed or self.engine.lost:
+                return  # stale: the deadline moved
+            self._armed = math.inf
+            drop = self.engine.timer(time.monotonic())
+            claimed = False if drop else self._after_engine()
+        if drop:
+            if len(self.engine.buffer) > self.options.limit:
+                logger.info(
+                    "the application left %d received bytes unread while closing",
+                    len(self.engine.buffer),
+                )
+            self._drop_tcp()
+        elif claimed:
+            self._flush_nowait()
 
     # Reading (any thread)
 
     def _wait_for_data(self, budget: Budget) -> bool:
         """Wait until bytes are buffered (True) or the stream is over (False).
 
-        recv_lock held. Raises the stream's error once the buffer is empty.
+        Lock held. Raises the stream's error once the buffer is empty.
         """
-        while not len(self.buffer):
-            if self.read_shut:
+        engine = self.engine
+        while not len(engine.buffer):
+            if self._read_shut:
                 return False
-            if self.ended:
-                if self.read_error is not None:
-                    raise self.read_error.with_traceback(None)
+            if engine.ended or engine.lost:
+                if engine.read_error is not None:
+                    raise engine.read_error.with_traceback(None)
                 return False
-            self._sleep(budget)
+            self._read_waiters += 1
+            try:
+                budget.wait(self._readable)
+            finally:
+                self._read_waiters -= 1
         return True
+
+    def _resume_if_below(self) -> None:
+        """After a read (lock held): let the reader thread read again below half of ``limit``.
+
+        WORKAROUND: the engine decides this in ``take()`` (half of ``limit``);
+        reads that use the buffer directly (``take_into``, ``take_line``) restate it.
+        """
+        if self._reader_paused and len(self.engine.buffer) <= self.engine.limit // 2:
+            self._resume.notify()
 
     def read(self, n: int, budget: Budget) -> bytes:
         """Up to ``n`` (> 0) bytes; ``b""`` at EOF. Raises the stream's error after its data."""
-        with self.recv_lock:
+        with self._lock:
             if not self._wait_for_data(budget):
                 return b""
-            data = self.buffer.take(n, exact=False)
-            if self._paused:
-                self._maybe_resume()
+            data, resume = self.engine.take(n)
+            if resume and self._reader_paused:
+                self._resume.notify()
             return data
 
     def read_into(self, view: memoryview, budget: Budget) -> int:
         """Copy up to ``len(view)`` bytes into ``view``; 0 at EOF."""
-        with self.recv_lock:
+        with self._lock:
             if not self._wait_for_data(budget):
                 return 0
-            n = self.buffer.take_into(view)
-            if self._paused:
-                self._maybe_resume()
+            n = self.engine.buffer.take_into(view)
+            self._resume_if_below()
             return n
 
     def peek(self, n: int, budget: Budget) -> bytes:
         """Buffered bytes (at least ``n`` if buffered, up to 64 KiB), waiting for one; kept."""
-        with self.recv_lock:
+        with self._lock:
             if not self._wait_for_data(budget):
                 return b""
-            return self.buffer.peek(max(n, min(len(self.buffer), 2**16)))
+            buffer = self.engine.buffer
+            return buffer.peek(max(n, min(len(buffer), 2**16)))
 
     def read_until(self, size: int, budget: Budget, *, line: bool) -> bytes:
         """``size`` bytes (-1: until EOF), or through the first newline when ``line``.
@@ -488,16 +437,22 @@ class StreamConnection(Connection):
         """
         parts: list[bytes] = []
         got = 0
-        buffer = self.buffer
-        with self.recv_lock:
+        engine = self.engine
+        buffer = engine.buffer
+        with self._lock:
             try:
                 while size < 0 or got < size:
                     if not buffer:
-                        if self.read_shut or self.ended:
-                            if self.read_error is not None and not parts and not self.read_shut:
-                                raise self.read_error.with_traceback(None)
+                        if self._read_shut or engine.ended or engine.lost:
+                            error = engine.read_error
+                            if error is not None and not parts and not self._read_shut:
+                                raise error.with_traceback(None)
                             break
-                        self._sleep(budget)
+                        self._read_waiters += 1
+                        try:
+                            budget.wait(self._readable)
+                        finally:
+                            self._read_waiters -= 1
                         continue
                     want = -1 if size < 0 else size - got
                     if line:
@@ -507,8 +462,7 @@ class StreamConnection(Connection):
                         found = False
                     parts.append(chunk)
                     got += len(chunk)
-                    if self._paused:
-                        self._maybe_resume()
+                    self._resume_if_below()
                     if found:
                         break
             except BaseException:
@@ -516,85 +470,43 @@ class StreamConnection(Connection):
                 raise
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def buffered(self) -> int:
-        """Bytes received and not read yet."""
-        with self.recv_lock:
-            return len(self.buffer)
-
     def shut_reading(self) -> None:
         """The application reads no more: drop the buffer and discard what arrives."""
-        with self.recv_lock:
-            self.read_shut = True
-            self.buffer.clear()
-            self._stop_flow_control()
-            self._wake_readers()
+        with self._lock:
+            self._read_shut = True
+            self.engine.buffer.clear()
+            self._resume.notify_all()
+            self._readable.notify_all()
 
-    # Writing
+    # Writing (any thread)
 
-    def send_data(self) -> None:
-        """Queue and write websockets' outgoing data (protocol_mutex held).
-
-        Called by websockets (automatic answers, pings, close frames, the
-        handshake). When another thread is the flusher, the data is only
-        queued: that thread writes it, and this one - often the background
-        thread - never waits behind an application write.
-        """
-        assert self.protocol_mutex.locked()
-        items = self.protocol.data_to_send()
-        if not items or self.write_broken is not None:
-            return  # the common case in the background thread; or a failed socket
-        with self._out_lock:
-            self._enqueue(items)
-            claimed = not self.flushing
-            self.flushing = True
-        if self.protocol.state is CLOSING:
-            self._arm_close_timer()
-        if claimed:
-            self._flush_as_flusher(Budget.until(self.close_deadline), 0, user=False)
-
-    def _enqueue(self, items: list[bytes]) -> None:
-        """Append to the send queue (_out_lock held)."""
-        for item in items:
-            self.out.append(item)
-            self.out_size += len(item)
-
-    def _notify_writers(self) -> None:
-        """Wake threads waiting for the send queue (_out_lock held)."""
-        if self._out_waiters:
-            self.out_cond.notify_all()
-
-    def write(self, data: BytesLike, budget: Budget, *, partial: bool) -> int:
+    def write(self, data: _Data, budget: Budget, *, partial: bool) -> int:
         """Send ``data`` as binary frames of at most ``max_frame_size``; return the count.
 
         Bytes are accepted a frame at a time; accepted bytes are sent in order
         whatever happens to the budget. When the budget runs out, ``partial``
         returns the count accepted if any, else TimeoutError / BlockingIOError
-        is raised (some bytes may have been accepted before it: they are sent).
+        is raised (some bytes may have been accepted before it: they are
+        sent); a write whose last frame was accepted returns (the helper
+        thread finishes sending it, as a kernel its send buffer).
 
         Raises:
             OSError: the connection cannot send any more (see :meth:`write_error`).
         """
-        total = len(data)
+        total = len(data) if type(data) is not memoryview else data.nbytes
         size = self.max_frame_size
         if total <= size:
             return self._write_frames(data, total, budget, partial)
         with memoryview(data) as view:
             return self._write_frames(view, total, budget, partial)
 
-    def _write_frames(self, data: BytesLike, total: int, budget: Budget, partial: bool) -> int:
+    def _write_frames(self, data: _Data, total: int, budget: Budget, partial: bool) -> int:
         size = self.max_frame_size
-        # When a helper writes (see _delegates), a write returns once its bytes
-        # are queued within the send buffer, as a kernel's send() does: waiting
-        # for the helper to empty the queue would cost two thread switches per
-        # write. Otherwise the caller writes, and writes everything it framed.
-        final = SEND_BUFFER - 1 if self._delegates(budget) else 0
         sent = 0
         while True:
             chunk = data[sent : sent + size] if total > size else data
             try:
-                if self.out_size >= SEND_BUFFER:  # a hint: at worst one frame too many
-                    self._flush(budget, SEND_BUFFER - 1)  # room in the send buffer
-                claimed, direct = self._frame(chunk, budget)
+                claimed = self._frame(chunk, budget)
             except (TimeoutError, BlockingIOError):
                 if partial and sent:
                     return sent
@@ -603,245 +515,227 @@ class StreamConnection(Connection):
             last = sent >= total
             try:
                 if claimed:  # nobody was writing: we write, now
-                    if direct is not None:
-                        self._send_direct(direct)
-                    self._flush_as_flusher(budget, final if last else SEND_BUFFER - 1, user=True)
+                    self._flush_role(budget, errors=True)
                 elif last:
-                    self._flush(budget, final)
+                    self._flush(budget)  # the flusher writes our bytes: wait for them
             except (TimeoutError, BlockingIOError):
-                # Accepted: a helper thread finishes sending them.
+                # Accepted: the helper thread finishes sending them.
                 if partial or last:
                     return sent
                 raise
             if last:
                 return sent
 
+    def _frame(self, chunk: _Data, budget: Budget) -> bool:
+        """Frame ``chunk`` (one binary frame) once the send queue has room.
+
+        Returns True when we became the flusher (nobody was writing).
+        """
+        with self._lock:
+            while True:
+                if self._write_broken is not None or self.engine.send_refusal() is not None:
+                    raise self.write_error()
+                if self._out_size < SEND_BUFFER:
+                    break
+                # Full: the flusher is writing it (there always is one while
+                # bytes are queued); wait for room.
+                self._write_waiters += 1
+                try:
+                    budget.wait(self._writable)
+                finally:
+                    self._write_waiters -= 1
+            self.engine.send(chunk)
+            self._enqueue(self.engine.data_to_send())
+            if self._flushing:
+                return False
+            self._flushing = True
+            return True
+
     def flush(self, budget: Budget) -> None:
         """Wait until every queued byte was written to the socket."""
-        self._flush(budget, 0)
+        self._flush(budget)
 
-    def _frame(self, chunk: BytesLike, budget: Budget) -> tuple[bool, list[bytes] | None]:
-        """Frame ``chunk`` (one binary frame); return (we are the flusher, bytes to send).
+    def _flush(self, budget: Budget) -> None:
+        """Write the queue to its end, or wait for the flusher to write it, within ``budget``.
 
-        The bytes come back unqueued (the fast path: blocking mode, nothing
-        queued, nobody writing); otherwise they are queued and None is returned.
+        Raises:
+            OSError: the queued bytes could not be sent (see :meth:`write_error`).
         """
-        left = budget.remaining()
-        mutex = self.protocol_mutex
-        if not (mutex.acquire() if left is None else mutex.acquire(timeout=max(left, 0.0))):
-            raise budget.expired()
-        try:
-            if self.protocol.state is not OPEN:
-                raise self.write_error()
-            self.protocol.send_binary(chunk)
-            items = self.protocol.data_to_send()
-            direct = None
-            with self._out_lock:
-                claimed = not self.flushing
-                if claimed:
-                    self.flushing = True
-                    if left is None and not self.out:
-                        direct = items
-                if direct is None:
-                    self._enqueue(items)
-        finally:
-            mutex.release()
-        stats = self.stats
-        stats.bytes_sent += len(chunk)
-        stats.frames_sent += 1
-        return claimed, direct
-
-    def _send_direct(self, items: list[bytes]) -> None:
-        """Write a frame's bytes, blocking, as the flusher; they were never queued."""
-        try:
-            for item in items:
-                self.socket.sendall(item)
-        except OSError as exc:
-            self._write_failed(exc, user=True)
-        except BaseException as exc:
-            self._write_interrupted(exc)
-            raise
-
-    def _write_interrupted(self, exc: BaseException) -> None:
-        """A write was interrupted (KeyboardInterrupt...) at an unknown byte: end it all.
-
-        The peer may have part of a frame; nothing sent after it could be
-        parsed, so the connection is dropped - by shutting the socket down,
-        which needs no lock (this thread may hold protocol_mutex).
-        """
-        with self._out_lock:
-            if self.write_broken is None:
-                self.write_broken = ConnectionAbortedError(f"a write was interrupted: {exc!r}")
-            self.out.clear()
-            self.out_size = 0
-            self.flushing = False
-            self._notify_writers()
-        with contextlib.suppress(OSError):
-            self.socket.shutdown(socket.SHUT_RDWR)
-
-    def send_close(self, code: int, reason: str, budget: Budget) -> None:
-        """Queue a close frame (if still open) and write the queue within ``budget``."""
-        left = budget.remaining()
-        mutex = self.protocol_mutex
-        if not (mutex.acquire() if left is None else mutex.acquire(timeout=max(left, 0.0))):
-            raise budget.expired()
-        try:
-            if self.protocol.state is OPEN:
-                self.protocol.send_close(code, reason)
-                if self.close_deadline is None:
-                    self.close_deadline = Deadline(self.close_timeout)
-                with self._out_lock:
-                    self._enqueue(self.protocol.data_to_send())
-        finally:
-            mutex.release()
-        self._arm_close_timer()
-        self._flush(budget, 0)
-
-    def _delegates(self, budget: Budget) -> bool:
-        """Whether an application write within ``budget`` is left to a helper thread.
-
-        On TLS (or without MSG_DONTWAIT) a socket write cannot be timed or cut:
-        the helper writes, blocking, and the caller waits within its budget.
-        """
-        return budget.end is not None and not self._can_dontwait
-
-    def _flush(self, budget: Budget, target: int) -> None:
-        """Write queued bytes until at most ``target`` remain (0: all of them)."""
-        with self.out_cond:
+        with self._lock:
+            dropped = self._out_dropped
             while True:
-                if self.out_size <= target and (target or not self.out):
-                    return
-                if self.write_broken is not None or self.lost.is_set():
+                if self._out_dropped != dropped:
                     raise self.write_error()
-                if not self.flushing:
-                    self.flushing = True
-                    if not self._delegates(budget):
-                        break
-                    self._hand_over()  # a helper writes; we wait for it below
-                    continue
-                self._out_waiters += 1  # another thread is writing: wait for progress
+                if not self._out:
+                    return
+                if self._write_broken is not None or self._sock_closing:
+                    raise self.write_error()
+                if not self._flushing:
+                    self._flushing = True
+                    break
+                self._write_waiters += 1  # another thread is writing: wait for progress
                 try:
-                    budget.wait(self.out_cond)
+                    budget.wait(self._writable)
                 finally:
-                    self._out_waiters -= 1
-        self._flush_as_flusher(budget, target, user=True)
+                    self._write_waiters -= 1
+        self._flush_role(budget, errors=True)
 
-    def _flush_as_flusher(
-        self, budget: Budget, target: int, *, user: bool, helper: bool = False
+    def _flush_nowait(self) -> None:
+        """We hold the flusher role (the reader or timer thread): write what the
+        socket takes at once; the helper thread writes the rest."""
+        with contextlib.suppress(BlockingIOError):
+            self._flush_role(Budget(0), errors=False)
+
+    def _flush_role(
+        self, budget: Budget, *, errors: bool, helper: bool = False, handover: bool = True
     ) -> None:
-        """Write the queue's head until ``target``; we are the flusher and give the role back.
+        """Write the queue to its end as the flusher, then give the role back.
 
-        ``user``: an application call (not holding protocol_mutex). When its
-        budget runs out, a helper thread takes the role over and finishes the
-        queued bytes (on TLS it takes it over at once: see :meth:`_delegates`);
-        when the socket fails, the connection is ended and the stream's error
-        raised. Otherwise (websockets' own calls, the helper) errors are raised
-        as they are. ``helper``: the helper thread, which goes idle when done.
-        After :meth:`abandon`, the queue is written to the end and TCP dropped.
+        When ``budget`` runs out, the helper thread takes the role over and
+        finishes the queued bytes (``handover``; a finalizer cannot start a
+        thread: then they are dropped with TCP) and TimeoutError /
+        BlockingIOError is raised. When the socket fails, the queue is
+        dropped and TCP too; with ``errors`` the stream's error is raised.
+        ``helper``: the helper thread, which goes idle when done. After
+        :meth:`abandon`, TCP is dropped once the queue is written.
         """
-        out = self.out
-        lock = self._out_lock
-        if user and self._delegates(budget):
-            with lock:
-                self._hand_over()
-            self._flush(budget, target)
-            return
-        item = b""
-        n = -1  # bytes of item written by the last round (-1: none yet)
+        out = self._out
+        lock = self._lock
+        item: _Data = b""
+        n = -1  # bytes of item written by the last round (-1: none)
+        drop = lost = False
+        dropped = self._out_dropped
         try:
             while True:
                 with lock:
                     if n >= 0:
-                        if n == len(item):
-                            out.popleft()
-                        else:
-                            out[0] = item[n:]
-                        self.out_size -= n
+                        self._io_users -= 1
+                        if out and out[0] is item:  # else: dropped meanwhile (the end)
+                            if n == len(item):
+                                out.popleft()
+                            else:
+                                out[0] = memoryview(item)[n:]
+                            self._out_size -= n
                         n = -1
-                    if self._abandoned:
-                        target = 0  # the close frame must go out, then TCP is dropped
-                    if self.out_size <= target and (target or not out):
-                        self.flushing = False
+                        self._socket_released()
+                    if not out or self._sock_closing:
+                        self._flushing = False
                         if helper:  # idle now, unless the connection is being dropped
-                            self._helper_idle = not self._abandoned
-                        self._notify_writers()
+                            self._helper_idle = not (self._abandoned or self._sock_closing)
                         drop = self._abandoned
+                        self._notify_writers()
+                        lost = errors and (self._out_dropped != dropped or bool(out))
                         break
                     self._notify_writers()
                     item = out[0]
-                if item:
-                    n = self._send_some(item, budget)
-                else:
-                    with contextlib.suppress(OSError):  # already closed
-                        self.socket.shutdown(socket.SHUT_WR)
-                    n = 0
+                    self._io_users += 1
+                try:
+                    if item:
+                        n = self._send_some(item, budget)
+                    else:
+                        with contextlib.suppress(OSError):  # already shut down
+                            self.socket.shutdown(socket.SHUT_WR)
+                        n = 0
+                except BaseException:
+                    with lock:
+                        self._io_users -= 1
+                        self._socket_released()
+                    raise
         except (TimeoutError, BlockingIOError):
             with lock:
-                if user and out and not self.lost.is_set():
-                    self._hand_over()  # a helper finishes the queued bytes
+                if handover and out and not self._sock_closing:
+                    self._hand_over()  # the helper finishes the queued bytes
                 else:
-                    self.flushing = False
+                    self._flushing = False
                 self._notify_writers()
             raise
         except OSError as exc:
-            self._write_failed(exc, user=user)
+            self._write_failed(exc, errors=errors)
         except BaseException as exc:
             self._write_interrupted(exc)
             raise
         if drop:
             self._drop_tcp()
+        if lost:  # the queue was dropped (the connection ended): our bytes did not all go out
+            raise self.write_error()
 
-    def _write_failed(self, exc: OSError, *, user: bool) -> None:
-        """The socket failed under the flusher: drop the queue, give the role back, raise.
+    def _send_some(self, item: _Data, budget: Budget) -> int:
+        """Write a prefix of ``item`` within ``budget``; return its length (> 0)."""
+        sock = self.socket
+        if budget.end is None and self._blocking:
+            try:
+                sock.sendall(item)  # untimed: the kernel waits
+            except BlockingIOError as exc:  # SO_SNDTIMEO on a socket given to us
+                raise ConnectionAbortedError(f"a blocking write was cut short: {exc}") from exc
+            return len(item)
+        while True:
+            try:
+                return sock.send(item, DONTWAIT)
+            except BlockingIOError:
+                pass
+            wait_writable(sock, budget.left())
 
-        For an application call, end the connection and raise the stream's
-        error (an abnormal closure); otherwise re-raise ``exc`` for websockets.
+    def _write_failed(self, exc: OSError, *, errors: bool) -> None:
+        """The socket failed under the flusher: drop the queue and TCP; raise if ``errors``.
+
+        The stream's error is an abnormal closure (or what the peer did before).
         """
-        with self._out_lock:
-            if self.write_broken is None:
-                self.write_broken = exc
-            self.out.clear()  # nothing more can go out
-            self.out_size = 0
-            self.flushing = False
+        with self._lock:
+            if self._write_broken is None:
+                self._write_broken = exc
+            self._drop_queue()  # nothing more can go out
+            self._flushing = False
             self._notify_writers()
-        if not user:
-            raise exc
+        self._drop_tcp()
+        if not errors:
+            logger.debug("sending queued bytes failed: %r", exc)
+            return
         logger.info("the connection failed while sending: %r", exc)
-        if not self.lost.is_set():
-            self.abort(exc)
-        self.lost.wait(1.0)  # the policy's verdict (an abnormal closure)
+        self.lost.wait(1.0)  # the engine's verdict (an abnormal closure)
         raise self.write_error() from exc
 
-    def _hand_over(self) -> None:
-        """Give our flusher role to the helper thread (_out_lock held).
+    def _write_interrupted(self, exc: BaseException) -> None:
+        """A write was interrupted (KeyboardInterrupt...) at an unknown byte: end it all.
 
-        The idle helper is woken, or a new one started (a daemon thread); with
-        nothing queued, the role is simply given back. Never called from a
-        finalizer.
+        The peer may have part of a frame; nothing sent after it could be
+        parsed, so the connection is dropped.
         """
-        if not self.out:
-            self.flushing = False
+        with self._lock:
+            if self._write_broken is None:
+                self._write_broken = ConnectionAbortedError(f"a write was interrupted: {exc!r}")
+            self._drop_queue()
+            self._flushing = False
             self._notify_writers()
-        elif self._helper_idle:
+        self._drop_tcp()
+
+    def _hand_over(self) -> None:
+        """Give our flusher role to the helper thread (lock held; bytes are queued).
+
+        The idle helper is woken, or a new one started (a daemon thread).
+        Never called from a finalizer.
+        """
+        if self._helper_idle:
             self._helper_idle = False
             self._helper_handoff = True
-            self.out_cond.notify_all()
-        else:
-            thread = threading.Thread(target=self._helper_run, daemon=True)
-            thread.name = f"ws_stream flusher {self.id}"
+            self._writable.notify_all()
+            return
+        thread = threading.Thread(
+            target=self._helper_run, name=f"ws_stream writer {self.id}", daemon=True
+        )
+        try:
             thread.start()  # it inherits the flusher role
+        except RuntimeError:  # interpreter shutdown: nobody can finish them
+            self._flushing = False
+            self._drop_queue()
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
 
     def _helper_run(self) -> None:
         """The helper thread: write the queue, blocking; then linger for more work."""
-        try:
-            while True:
-                self._flush_as_flusher(Budget(None), 0, user=False, helper=True)
-                if not self._helper_wait():
-                    return
-        except OSError as exc:
-            logger.info("sending queued bytes failed: %r", exc)
-            if not self.lost.is_set():
-                self.abort(exc)
+        while True:
+            self._flush_role(Budget(None), errors=False, helper=True)
+            if not self._helper_wait():
+                return
 
     def _helper_wait(self) -> bool:
         """Idle: True once handed the flusher role again, False to end the thread.
@@ -850,26 +744,151 @@ class StreamConnection(Connection):
         connection can send no more.
         """
         end = time.monotonic() + HELPER_LINGER
-        with self.out_cond:
+        with self._lock:
             while not self._helper_handoff:
                 left = end - time.monotonic()
                 if (
                     left <= 0
+                    or not self._helper_idle
                     or self._abandoned
-                    or self.write_broken is not None
-                    or self.lost.is_set()
+                    or self._write_broken is not None
+                    or self._sock_closing
                 ):
                     self._helper_idle = False
                     return False
-                self._out_waiters += 1
+                self._write_waiters += 1
                 try:
-                    self.out_cond.wait(left)
+                    self._writable.wait(left)
                 finally:
-                    self._out_waiters -= 1
+                    self._write_waiters -= 1
             self._helper_handoff = False
             return True
 
-    # Closing from a finalizer
+    def write_error(self) -> OSError:
+        """The error a write raises once nothing more can be sent."""
+        engine = self.engine
+        error = engine.error
+        if isinstance(error, OSError):  # a WsStreamError
+            return copy.copy(error)
+        broken = self._write_broken
+        if broken is not None and engine.rcvd is None:
+            return BrokenPipeError(f"the connection failed while sending: {broken}")
+        refusal = engine.send_refusal()
+        return BrokenPipeError(refusal or "the WebSocket connection is closed")
+
+    # Pings
+
+    def ping(self, payload: bytes, timeout: float) -> float:
+        """Send a ping; return the round trip in seconds when its pong arrives.
+
+        Raises:
+            TimeoutError: no pong within ``timeout``.
+            ConnectionResetError: the connection is closed, or closed first.
+            websockets.exceptions.ConcurrencyError: a ping with this payload
+                is still waiting for its pong.
+        """
+        budget = Budget(timeout)
+        done = threading.Event()
+        result: list[float | None] = []
+
+        def waiter(latency: float | None) -> None:
+            result.append(latency)
+            done.set()
+
+        with self._lock:
+            try:
+                sent = self.engine.ping(payload, time.monotonic(), waiter)
+            except ValueError as exc:
+                raise ConcurrencyError(str(exc)) from None
+            except ConnectionResetError:
+                raise ConnectionResetError(
+                    "cannot ping: the WebSocket connection is closing or closed"
+                ) from None
+            claimed = self._after_engine()
+        if claimed:
+            with contextlib.suppress(TimeoutError, BlockingIOError):  # queued: the helper sends it
+                self._flush_role(budget, errors=True)
+        left = budget.remaining()
+        if not done.wait(max(left, 0.0) if left is not None else None):
+            with self._lock:
+                self.engine.forget_ping(sent)
+            raise TimeoutError(f"no pong within {timeout} s")
+        latency = result[0]
+        if latency is None:
+            raise ConnectionResetError("the connection closed before the pong arrived")
+        return latency
+
+    # Closing
+
+    def send_close(self, code: int, reason: str, budget: Budget) -> None:
+        """Send a close frame (if still open) after the queued bytes, within ``budget``.
+
+        The peer then has ``close_timeout`` to answer before TCP is dropped;
+        reading goes on until its close frame. A close frame not written
+        within the budget stays queued (the helper thread sends it).
+
+        Raises:
+            OSError: the connection failed while the close frame was written.
+        """
+        with self._lock:
+            if self.engine.send_refusal() is not None or self._write_broken is not None:
+                return
+            self.engine.send_close(code, reason, time.monotonic())
+            claimed = self._after_engine()
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            if claimed:
+                self._flush_role(budget, errors=True)
+            else:
+                self._flush(budget)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close: discard unread bytes, send the queued bytes and a close frame,
+        wait for the peer's close; all within ``close_timeout``, then drop TCP.
+
+        Never raises for a connection that is already gone.
+        """
+        end = time.monotonic() + self.options.close_timeout
+        self.begin_close(code, reason, Budget(self.options.close_timeout))
+        self.wait_closed(end)
+
+    def begin_close(self, code: int, reason: str, budget: Budget) -> None:
+        """The first half of :meth:`close`: the close frame goes out (within ``budget``;
+        ``Budget(0)`` does not wait), the peer's answer is not awaited."""
+        with self._lock:
+            self._read_shut = True
+            self._readable.notify_all()
+            if self.engine.lost:
+                return
+            broken = self._write_broken is not None
+            # After a write cut short in the middle of a frame, no close frame can follow.
+            self.engine.close(code, reason, time.monotonic(), discard=True, send=not broken)
+            self._resume.notify_all()  # a paused reader thread reads on to the peer's close
+            claimed = False if broken else self._after_engine()
+        if broken:
+            self._drop_tcp()
+            return
+        try:
+            if claimed:
+                self._flush_role(budget, errors=True)
+            else:
+                self._flush(budget)
+        except OSError as exc:  # timed out (the helper goes on), or the connection is over
+            logger.debug("close(): could not write the close frame yet: %r", exc)
+
+    def wait_closed(self, end: float) -> None:
+        """Wait for the end of the connection until ``end`` (``time.monotonic()``);
+        then drop TCP (the closing handshake timed out)."""
+        if self.lost.wait(max(end - time.monotonic(), 0.0)):
+            return
+        with self._lock:
+            if not self.engine.lost:
+                self.engine.timed_out()
+        logger.info(
+            "the peer did not complete the closing handshake within %.1f s; dropping TCP",
+            self.options.close_timeout,
+        )
+        self._drop_tcp()
+        self.lost.wait(1.0)
 
     def abandon(self, code: int, reason: str) -> None:
         """Close without blocking or starting a thread: the close of a finalizer.
@@ -880,143 +899,46 @@ class StreamConnection(Connection):
         and the close frame, then drops TCP; otherwise the queue is written
         now as far as the socket takes it without blocking, and TCP is
         dropped. The peer's answer is not awaited (nobody could bound the
-        wait). If a lock is busy or the socket cannot take everything at once,
-        TCP is dropped all the same: the peer then sees the connection lost
-        (1006), never a clean end with bytes missing. A close already under
-        way (``shutdown``, the peer's close frame) is left to its own
+        wait). If the lock is busy or the socket cannot take everything at
+        once, TCP is dropped all the same: the peer then sees the connection
+        lost (1006), never a clean end with bytes missing. A close already
+        under way (``shutdown``, the peer's close frame) is left to its own
         ``close_timeout``. Never raises.
         """
         if self.lost.is_set():
             return
-        if self.recv_lock.acquire(blocking=False):
-            try:
-                self.read_shut = True
-                self.buffer.clear()
-                self._stop_flow_control()
-                self._wake_readers()
-            finally:
-                self.recv_lock.release()
-        queued = claimed = False
-        mutex = self.protocol_mutex
-        if mutex.acquire(blocking=False):
-            try:
-                if self.protocol.state is not OPEN:
-                    return  # closing already, bounded by its close timer; or over
-                if self._out_lock.acquire(blocking=False):
-                    try:
-                        self.protocol.send_close(code, reason)
-                        self._enqueue(self.protocol.data_to_send())
-                        self._abandoned = queued = True
-                        claimed = not self.flushing
-                        self.flushing = True
-                    finally:
-                        self._out_lock.release()
-            finally:
-                mutex.release()
-        if not queued:
-            self._drop_tcp()
-        elif claimed:
-            self._write_nowait()
-            self._drop_tcp()
-        # Else the thread writing sends the close frame after the queued bytes,
-        # then drops TCP (see _flush_as_flusher).
-
-    def _write_nowait(self) -> None:
-        """Write the queue as far as the socket takes it at once; we hold the role.
-
-        Plain TCP: ``MSG_DONTWAIT``. TLS: only a small queue, and only when the
-        socket polls writable (a small record then goes out without blocking).
-        """
-        sock = self.socket
-        lock = self._out_lock
+        if not self._lock.acquire(blocking=False):
+            self._dropped = True
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+            return
+        claimed = queued = False
         try:
-            while True:
-                with lock:
-                    if not self.out:
-                        return
-                    item = self.out[0]
-                    small = self.out_size <= _NOWAIT_TLS_BYTES
-                if not item:
-                    sock.shutdown(socket.SHUT_WR)
-                    n = 0
-                elif self._can_dontwait:
-                    n = sock.send(item, _DONTWAIT)
-                elif self._tls and small and _writable_now(sock):
-                    sock.sendall(item)
-                    n = len(item)
-                else:
-                    return
-                with lock:
-                    if n == len(item):
-                        self.out.popleft()
-                    else:
-                        self.out[0] = item[n:]
-                    self.out_size -= n
-        except OSError:
-            return  # would block, or the socket is gone: TCP is dropped next
+            self._read_shut = True
+            self.engine.buffer.clear()
+            self._resume.notify_all()
+            self._readable.notify_all()
+            if self.protocol.state is not OPEN or self.engine.lost:
+                return  # closing already, bounded by its deadline; or over
+            if self._write_broken is None:
+                now = time.monotonic()
+                self.engine.close(code, reason, now, discard=True)
+                self._enqueue(self.engine.data_to_send())
+                self._abandoned = queued = True
+                claimed = not self._flushing
+                self._flushing = True
+                deadline = self.engine.deadline
+                if deadline != self._armed and TIMERS.try_schedule(self, deadline):
+                    self._armed = deadline
         finally:
-            with lock:
-                self.flushing = False
-                self._notify_writers()
-
-    def _drop_tcp(self) -> None:
-        """Shut the socket down (no lock, no wait): the background thread then ends it."""
-        with contextlib.suppress(OSError):
-            self.socket.shutdown(socket.SHUT_RDWR)
-
-    def _send_some(self, item: bytes, budget: Budget) -> int:
-        """Write a prefix of ``item`` within ``budget``; return its length (> 0)."""
-        sock = self.socket
-        if budget.end is None or not self._can_dontwait:
-            # Blocking: the whole item. (With a budget, only websockets' own
-            # writes and the helper get here on TLS: see _delegates.)
-            sock.sendall(item)
-            return len(item)
-        while True:
-            try:
-                return sock.send(item, _DONTWAIT)
-            except BlockingIOError:
-                pass
-            left = budget.remaining()
-            assert left is not None
-            if left <= 0:
-                raise budget.expired()
-            _wait_writable(sock, left)
-
-    def write_error(self) -> OSError:
-        """The error a write raises once nothing more can be sent."""
-        error = self.policy.error
-        if error is not None:
-            return copy.copy(error)
-        ws = self.protocol
-        if self.write_broken is not None and ws.close_rcvd is None:
-            return BrokenPipeError(f"the connection failed while sending: {self.write_broken}")
-        if ws.close_rcvd is not None:
-            rcvd = ws.close_rcvd
-            return BrokenPipeError(
-                f"the peer closed the WebSocket ({rcvd.code} {rcvd.reason!r}): "
-                "nothing more can be sent"
-            )
-        if ws.close_sent is not None:
-            return BrokenPipeError("the WebSocket was shut down for writing (close frame sent)")
-        if ws.state is CLOSED:
-            return BrokenPipeError("the WebSocket connection is closed")
-        return BrokenPipeError(f"the WebSocket connection is {ws.state.name.lower()}")
-
-
-def _writable_now(sock: socket.socket) -> bool:
-    """Whether ``sock`` polls writable, without waiting."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        return bool(poller.poll(0))
-    return bool(select.select([], [sock], [], 0)[1])  # pragma: no cover - Windows
-
-
-def _wait_writable(sock: socket.socket, timeout: float) -> None:
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        poller.poll(timeout * 1000)
-    else:  # pragma: no cover - Windows
-        select.select([], [sock], [], timeout)
+            self._lock.release()
+        if not queued:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+        elif claimed:
+            with contextlib.suppress(Exception):
+                self._flush_role(Budget(0), errors=False, handover=False)
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+        # Else the thread writing sends the close frame after the queued bytes,
+        # then drops TCP (see _flush_role).

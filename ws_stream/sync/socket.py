@@ -7,18 +7,15 @@ import io
 import logging
 import socket as _socket
 import threading
-import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import CLOSED, OPEN
-
-from .._policy import check_close, peer_close
+from .._policy import check_close
 from ..events import Event
 from ..stats import StreamStats
-from .connection import Budget, StreamConnection
+from ._wire import Budget
+from .connection import Connection
 
 __all__ = ["EventIterator", "SocketFile", "WsSocket"]
 
@@ -53,8 +50,8 @@ class WsSocket:
     seconds raises :class:`TimeoutError`). A read that times out consumes
     nothing; a write that times out has sent (or will send, in order) exactly
     the bytes it accepted, and nothing after them - over ``wss://`` as over
-    ``ws://`` (on TLS a helper thread writes the records, which cannot be
-    cut, while the caller waits within its timeout).
+    ``ws://`` (TLS runs in memory: the socket carries records that can be
+    written in part, and a helper thread finishes what a timeout left).
 
     Thread-safety: one thread reading (``recv``, a ``makefile`` reader) and
     one thread writing (``send``, ``sendall``, a writer) at the same time is
@@ -64,8 +61,8 @@ class WsSocket:
     ``settimeout`` applies to calls made after it.
     """
 
-    def __init__(self, connection: StreamConnection) -> None:
-        if not isinstance(connection, StreamConnection):
+    def __init__(self, connection: Connection) -> None:
+        if not isinstance(connection, Connection):
             raise TypeError(
                 "WsSocket wraps a connection made by ws_stream.sync.connect() or serve(), "
                 f"not {type(connection).__name__}"
@@ -79,11 +76,8 @@ class WsSocket:
         self._real_closed = False
         self._wr_shut = False
         self._rd_shut = False
-        try:
-            self._peername: Any = connection.remote_address
-            self._sockname: Any = connection.local_address
-        except OSError:  # already gone
-            self._peername = self._sockname = None
+        self._peername: Any = connection.remote_address
+        self._sockname: Any = connection.local_address
 
     def __repr__(self) -> str:
         side = self._conn.protocol.side.name.lower()
@@ -93,38 +87,35 @@ class WsSocket:
     # Attributes
 
     @property
-    def websocket(self) -> StreamConnection:
-        """The websockets connection underneath (request, response, subprotocol...)."""
+    def websocket(self) -> Connection:
+        """The connection underneath (``request``, ``response``, ``subprotocol``,
+        ``protocol``: websockets' Sans-I/O protocol object...)."""
         return self._conn
 
     @property
     def close_code(self) -> int | None:
         """The peer's close code: None while open, 1006 if the connection was lost."""
-        ws = self._conn.protocol
-        return peer_close(ws.close_rcvd, ws.state is CLOSED)[0]
+        return self._conn.engine.close_code
 
     @property
     def close_reason(self) -> str | None:
         """The peer's close reason: None while open, "" if none was received."""
-        ws = self._conn.protocol
-        return peer_close(ws.close_rcvd, ws.state is CLOSED)[1]
+        return self._conn.engine.close_reason
 
     @property
     def error(self) -> Exception | None:
         """What ended the stream abnormally (text frame, violation, lost connection), or None."""
-        return self._conn.policy.error
+        return self._conn.engine.error
 
     @property
     def stats(self) -> StreamStats:
         """Byte, frame and ping counters and the latest ping latency (live object).
 
         ``bytes_sent`` counts payload bytes accepted for sending;
-        ``bytes_received`` payload bytes received (read or still buffered).
+        ``bytes_received`` payload bytes received (read or still buffered);
+        ``last_latency`` includes keepalive pings.
         """
-        stats = self._conn.stats
-        if self._conn.latency:  # websockets measures keepalive pings too
-            stats.last_latency = self._conn.latency
-        return stats
+        return self._conn.stats
 
     @property
     def bytes_sent(self) -> int:
@@ -353,10 +344,11 @@ class WsSocket:
         answers a close frame at once, so it sends little after it.
         ``SHUT_RD`` discards buffered and incoming bytes: ``recv`` returns
         ``b""``. ``SHUT_RDWR`` does both. The connection ends when the peer
-        closes or ``close_timeout`` after the close frame.
+        closes or ``close_timeout`` after the close frame. The close frame
+        goes out behind the bytes already accepted; if they cannot be written
+        within the timeout, the helper thread that finishes them sends it.
 
         Raises:
-            TimeoutError: the close frame could not be sent within the timeout.
             OSError: the socket is closed (EBADF).
             ValueError: an unknown ``how``.
         """
@@ -371,11 +363,6 @@ class WsSocket:
             self._wr_shut = True
             try:
                 self._conn.send_close(1000, "", self._budget())
-            except (TimeoutError, BlockingIOError):
-                if self._conn.protocol.close_sent is None:
-                    self._wr_shut = False  # not even queued: the caller may retry
-                    raise
-                # Queued: a helper thread finishes sending it.
             except OSError as exc:
                 logger.debug("shutdown(SHUT_WR): the connection is already over: %r", exc)
 
@@ -413,32 +400,14 @@ class WsSocket:
             if self._real_closed:
                 return
             self._real_closed = True
-        conn = self._conn
         code, reason = self._close_args
-        timeout = conn.stream_options.close_timeout
-        budget = Budget(timeout)
-        if not self._rd_shut:
-            conn.shut_reading()  # discard unread bytes; read to the peer's close
-        try:
-            conn.send_close(code, reason, budget)  # flushes pending bytes first
-        except OSError as exc:
-            # Timed out, or the connection is already over.
-            logger.debug("close(): could not complete the close frame: %r", exc)
-        left = budget.remaining()
-        conn.recv_events_thread.join(max(left or 0.0, 0.0))
-        if conn.recv_events_thread.is_alive():
-            logger.info(
-                "the peer did not complete the closing handshake within %.1f s; dropping TCP",
-                timeout,
-            )
-            conn.abort(TimeoutError("timed out while closing the connection"))
-            conn.recv_events_thread.join(1.0)
+        self._conn.close(code, reason)  # bounded by close_timeout
 
     def _close_nowait(self) -> None:
         """The close of a finalizer: close frame if it goes out at once, TCP dropped.
 
         Never blocks and never starts a thread (see
-        :meth:`StreamConnection.abandon`): the closing handshake is not awaited.
+        :meth:`Connection.abandon`): the closing handshake is not awaited.
         """
         with self._lock:
             if self._real_closed:
@@ -482,27 +451,14 @@ class WsSocket:
             ConnectionResetError: the connection is closed or closed first.
             websockets.exceptions.ConcurrencyError: a ping with the same
                 ``data`` is still waiting for its pong.
+            OSError: the socket is closed (EBADF).
         """
         if self._closed:
             raise _bad_fd()
         conn = self._conn
         if timeout is None:
-            timeout = conn.ping_timeout or 20.0
-        if conn.protocol.state is not OPEN:
-            raise ConnectionResetError("cannot ping: the WebSocket connection is closed")
-        t0 = time.monotonic()
-        try:
-            pong = conn.ping(data or None, ack_on_close=True)
-        except ConnectionClosed as exc:
-            raise ConnectionResetError(f"cannot ping: the connection is closed ({exc})") from exc
-        conn.stats.pings_sent += 1
-        if not pong.wait(timeout):
-            raise TimeoutError(f"no pong within {timeout} s")
-        if conn.protocol.state is CLOSED and conn.lost.is_set():
-            raise ConnectionResetError("the connection closed before the pong arrived")
-        latency = time.monotonic() - t0
-        conn.stats.last_latency = latency
-        return latency
+            timeout = conn.options.ping_timeout or 20.0
+        return conn.ping(bytes(data), timeout)
 
     def events(self) -> EventIterator:
         """Subscribe to events from now on: ``for event in sock.events():``.
@@ -717,7 +673,7 @@ class EventIterator:
     called from any thread.
     """
 
-    def __init__(self, connection: StreamConnection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._cond = connection.events_cond
         self._hub = connection.hub
         with self._cond:

@@ -29,11 +29,11 @@ import ws_stream.sync
 import ws_stream.trio
 from ws_stream._failures import (
     handshake_failure,
-    proxy_in_use,
     proxy_status_advice,
     redact,
     status_advice,
 )
+from ws_stream._handshake import parse, proxy_for
 from ws_stream.exceptions import HandshakeError
 
 SECRET = "hunter2"
@@ -312,16 +312,16 @@ def test_without_a_proxy_nothing_changes() -> None:
     assert handshake_failure(TimeoutError(), "ws://h/") is None
 
 
-def test_proxy_in_use_mirrors_websockets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_for_mirrors_websockets(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("https_proxy", "http://p:3128")
-    assert proxy_in_use("wss://h/", {}) == "http://p:3128"
-    assert proxy_in_use("wss://h/", {"proxy": "socks5://s:1080"}) == "socks5://s:1080"
-    assert proxy_in_use("wss://h/", {"proxy": None}) is None
-    assert proxy_in_use("wss://h/", {"sock": object()}) is None
+    wsuri = parse("wss://h/")
+    assert proxy_for("wss://h/", wsuri, True) == "http://p:3128"
+    assert proxy_for("wss://h/", wsuri, "socks5://s:1080") == "socks5://s:1080"
+    assert proxy_for("wss://h/", wsuri, None) is None
     monkeypatch.setenv("no_proxy", "h")
-    assert proxy_in_use("wss://h/", {}) is None
+    assert proxy_for("wss://h/", wsuri, True) is None
 
 
 # A server that requires a client certificate (mutual TLS)

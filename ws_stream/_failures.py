@@ -35,8 +35,6 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.exceptions import (
@@ -50,14 +48,11 @@ from websockets.exceptions import (
     InvalidURI,
     ProxyError,
 )
-from websockets.proxy import get_proxy
-from websockets.uri import parse_uri
 
 from .exceptions import HandshakeError
 
 __all__ = [
     "handshake_failure",
-    "proxy_in_use",
     "proxy_status_advice",
     "redact",
     "status_advice",
@@ -152,26 +147,6 @@ _CLIENT_CERTIFICATE_ALERTS = (
 
 
 # Proxies
-
-
-def proxy_in_use(uri: str, options: Mapping[str, Any]) -> str | None:
-    """The proxy websockets goes through to open ``uri`` with ``options``, or None.
-
-    ``options`` are the keywords given to websockets' ``connect()``. As there:
-    ``proxy=True`` (the default) means the proxy the environment configures for
-    that URI (``get_proxy``: ``wss_proxy``/``ws_proxy``, ``socks_proxy``,
-    ``https_proxy``, ``http_proxy`` for ws:// only, and ``no_proxy``), a string
-    is that proxy, None is none; ``sock`` or ``unix`` connect without a proxy.
-    """
-    if options.get("sock") is not None or options.get("unix"):
-        return None
-    proxy = options.get("proxy", True)
-    if proxy is True:
-        try:
-            return get_proxy(parse_uri(uri))
-        except InvalidURI:
-            return None
-    return proxy if isinstance(proxy, str) else None
 
 
 def _proxy_kind(proxy: str) -> str:
@@ -379,7 +354,7 @@ def handshake_failure(
 ) -> BaseException | None:
     """The exception to raise for ``exc``, raised while opening ``uri``.
 
-    ``proxy``: the proxy the connection went through (see :func:`proxy_in_use`),
+    ``proxy``: the proxy the connection went through (see :func:`ws_stream._handshake.proxy_for`),
     named in the message of a failure that is the proxy's.
 
     Returns None when ``exc`` should propagate as it is (raise it unchanged).

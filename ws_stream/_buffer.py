@@ -19,6 +19,9 @@ bytearray's front is amortized O(1), and CPython reallocates a bytearray to
 its size once less than half of its allocation is in use), so it holds at
 most about twice what is still buffered, even while small frames keep
 joining it.
+
+An empty buffer holds no queue at all (the deque, about 600 bytes, is made by
+the first append): a server holds one buffer per idle connection.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class ChunkBuffer:
     __slots__ = ("_chunks", "_pos", "_size")
 
     def __init__(self) -> None:
-        self._chunks: deque[Any] = deque()
+        self._chunks: deque[Any] | None = None  # made by the first append (see above)
         self._pos = 0  # read offset into chunks[0]; 0 when it is a bytearray
         self._size = 0
 
@@ -68,6 +71,8 @@ class ChunkBuffer:
         """
         n = len(chunk)
         chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
         if n >= COALESCE_BELOW:
             chunks.append(chunk if type(chunk) is bytes else bytes(chunk))
         elif not n:
@@ -89,6 +94,8 @@ class ChunkBuffer:
         if not parts:
             return
         chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
         if self._pos:
             chunks[0] = chunks[0][self._pos :]
             self._pos = 0
@@ -124,7 +131,7 @@ class ChunkBuffer:
         Returns ``(data, found)``: without a newline in reach, every buffered
         byte (up to ``limit``) is returned with ``found`` false.
         """
-        chunks = self._chunks
+        chunks = self._chunks or ()
         pos = self._pos
         scanned = 0
         for chunk in chunks:
@@ -150,7 +157,7 @@ class ChunkBuffer:
         return out
 
     def clear(self) -> None:
-        self._chunks.clear()
+        self._chunks = None
         self._pos = 0
         self._size = 0
 

@@ -180,6 +180,45 @@ class Engine:
     websockets and may be closing already.
     """
 
+    # One engine per connection: slots keep an idle one small (about 300 bytes
+    # instead of a 1.5 KiB instance dict).
+    __slots__ = (
+        "_buffer",
+        "_cutter",
+        "_deliver",
+        "_guessed_cause",
+        "_held",
+        "_keepalive",
+        "_keepalive_deadline",
+        "_next_ping",
+        "_on_end",
+        "_on_wake",
+        "_pending",
+        "_pending_size",
+        "_pings",
+        "_whole",
+        "cause",
+        "closed_locally",
+        "closing_deadline",
+        "closing_started",
+        "ended",
+        "eof",
+        "hub",
+        "limit",
+        "lost",
+        "lost_writes",
+        "options",
+        "ping_interval",
+        "ping_timeout",
+        "policy",
+        "protocol",
+        "rcvd",
+        "rcvd_then_sent",
+        "read_error",
+        "sent",
+        "stats",
+    )
+
     def __init__(
         self,
         protocol: Protocol,
@@ -200,9 +239,9 @@ class Engine:
         self.options = options
         self.limit = options.limit
         self.policy = StreamPolicy(on_text=options.on_text)
-        self.hub = hub if hub is not None else EventHub[Event](options.max_events)
+        self.hub: EventHub[Event] = hub if hub is not None else EventHub(options.max_events)
         self.stats = StreamStats()
-        self.buffer = ChunkBuffer()
+        self._buffer: ChunkBuffer | None = None  # see buffer
         self._deliver = deliver if deliver is not None else self._buffered
         self._on_wake = on_wake
         self._on_end = on_end
@@ -222,9 +261,10 @@ class Engine:
         self.cause: BaseException | None = None  # why TCP was dropped, when we dropped it
         self.closing_deadline = math.inf
         # Writes.
-        self._pending: list[bytes] = []
+        # Lists made when needed (most connections never hold anything here).
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
-        self._held: list[bytes] = []  # taken from websockets to read a close frame
+        self._held: list[bytes] | None = None  # taken from websockets to read a close frame
         self._guessed_cause: Exception | None = None
         self.lost_writes = 0  # writes refused after the close (asyncio counts them)
         # Pings: payload -> (sent at, waiter); the keepalive's payload, if one waits.
@@ -269,6 +309,17 @@ class Engine:
         return min(self.closing_deadline, self._next_ping, self._keepalive_deadline)
 
     @property
+    def buffer(self) -> ChunkBuffer:
+        """The received bytes not read yet (shells without ``deliver``).
+
+        Made when first used: with ``deliver`` (asyncio) it never is.
+        """
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = ChunkBuffer()
+        return buffer
+
+    @property
     def error(self) -> Exception | None:
         """What ended the stream abnormally (text frame, violation, lost connection), or None."""
         return self.policy.error
@@ -301,15 +352,23 @@ class Engine:
     def receive_data(self, data: bytes | bytearray, now: float) -> None:
         """Bytes read from the socket: frames decided in wire order."""
         protocol = self.protocol
-        if self.lost or protocol.state is CLOSED:
+        if self.lost:
+            return
+        state = protocol.state
+        if state is CLOSED:
             return
         if self._whole:
-            was_open = protocol.state is OPEN
             protocol.receive_data(data)
-            self._after(protocol.events_received(), now, was_open)
+            self._after(protocol.events_received(), now, state is OPEN)
+            return
+        cuts = self._cutter.cuts(data)
+        if not cuts:  # the common case: nothing to decide alone (data frames)
+            if data:
+                protocol.receive_data(data)
+                self._after(protocol.events_received(), now, state is OPEN)
             return
         start = 0
-        for cut in self._cutter.cuts(data):
+        for cut in cuts:
             was_open = protocol.state is OPEN
             protocol.receive_data(data[start:cut] if start or cut < len(data) else data)
             start = cut
@@ -333,7 +392,8 @@ class Engine:
         self._whole = True
 
     def _after(self, events: Sequence[object], now: float, was_open: bool) -> None:
-        self._frames(events, now)
+        if events:
+            self._frames(events, now)
         if self.protocol.state is not OPEN:
             self._whole = True
             if was_open and self.rcvd is None and self.policy.error is None:
@@ -378,6 +438,19 @@ class Engine:
         self._apply(self.policy.parser_failed(cause, sent.code))
         if self.policy.error is not None:
             logger.info("the peer violated the protocol: %s", self.policy.error)
+            self._end(self.policy.error)
+
+    def violation(self, code: int, reason: str) -> None:
+        """A front end (ASGI, aiohttp) failed the connection itself, with ``code``, for a
+        message it refused (too big, invalid) before the engine saw it: the reader ends
+        with the :class:`ProtocolError` of that code after its data, as when websockets
+        detects a violation."""
+        if self.policy.error is not None or self.ended:
+            return
+        self._sent(Close(code, reason))
+        cause: Exception = WsProtocolError(reason) if code == 1002 else _Violation(reason)
+        self._apply(self.policy.parser_failed(cause, code))
+        if self.policy.error is not None:
             self._end(self.policy.error)
 
     def _apply(self, step: Step) -> None:
@@ -428,19 +501,25 @@ class Engine:
         """The receiver passed its limit: may the shell stop reading the socket?"""
         return self.policy.may_pause()
 
+    def should_resume(self) -> bool:
+        """After a read from :attr:`buffer`: may the shell read the socket again?
+        (the buffer is down to half of ``limit``)."""
+        return len(self.buffer) <= self.limit // 2
+
     def take(self, n: int) -> tuple[bytes, bool]:
         """Up to ``n`` buffered bytes, and whether the shell should resume reading."""
         data = self.buffer.take(n, exact=False)
-        return data, len(self.buffer) <= self.limit // 2
+        return data, self.should_resume()
 
     # Outgoing
 
     def data_to_send(self) -> list[bytes]:
         """What to write to the socket, in order; ``b""`` means: half-close TCP."""
         writes = self.protocol.data_to_send()
-        if self._held:
-            writes, self._held = self._held + writes, []
-        elif self.sent is None and self.protocol.state is not OPEN:
+        held = self._held
+        if held:
+            writes, self._held = held + writes, None
+        elif writes and self.sent is None and self.protocol.state is not OPEN:
             self._seen(writes)
         return writes
 
@@ -463,7 +542,10 @@ class Engine:
         writes = self.protocol.data_to_send()
         if writes:
             self._seen(writes)
-            self._held.extend(writes)
+            if self._held is None:
+                self._held = writes
+            else:
+                self._held.extend(writes)
 
     def send_refusal(self) -> str | None:
         """Why data cannot be sent now, or None when it can (decided here, once)."""
@@ -508,7 +590,11 @@ class Engine:
         elif first and not self._pending:
             self.send(data)
         else:
-            self._pending.append(bytes(data))  # the caller may reuse its buffer
+            chunk = bytes(data)  # the caller may reuse its buffer
+            if self._pending is None:
+                self._pending = [chunk]
+            else:
+                self._pending.append(chunk)
             self._pending_size += n
             if self._pending_size >= self.options.max_frame_size:
                 self.flush()
@@ -516,11 +602,11 @@ class Engine:
 
     def flush(self) -> None:
         """Frame the writes coalesced since the first one."""
-        if not self._pending:
-            return
         pending = self._pending
+        if not pending:
+            return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self._pending = []
+        self._pending = None
         self._pending_size = 0
         if self.protocol.state is OPEN and not self.lost:
             self.send(data)
@@ -529,7 +615,7 @@ class Engine:
 
     def drop_pending(self) -> None:
         """Forget coalesced writes (the connection is being dropped)."""
-        self._pending = []
+        self._pending = None
         self._pending_size = 0
 
     @property
@@ -560,8 +646,8 @@ class Engine:
         if not self.closed_locally:
             self.closed_locally = True
             self.policy.local_close()
-        if discard:
-            self.buffer.clear()
+        if discard and self._buffer is not None:
+            self._buffer.clear()
         if send:
             self.send_close(code, reason, now)
 
@@ -700,7 +786,7 @@ class Engine:
             self._take_output()
         self._settle(protocol.close_exc)
         self.lost = True
-        self._pending = []
+        self._pending = None
         self._pending_size = 0
         if cause is None:
             cause = self.cause

@@ -390,14 +390,15 @@ def socks_arguments(proxy: str) -> dict[str, Any]:
     from python_socks import ProxyType
 
     parsed = parse_proxy(proxy)
+    parts = urlsplit(proxy)  # credentials percent-decoded (websockets does only from 17.2)
     kind = {"socks5h": ProxyType.SOCKS5, "socks5": ProxyType.SOCKS5}
     kind.update({"socks4a": ProxyType.SOCKS4, "socks4": ProxyType.SOCKS4})
     return {
         "proxy_type": kind[parsed.scheme],
         "host": parsed.host,
         "port": parsed.port,
-        "username": parsed.username,
-        "password": parsed.password,
+        "username": None if parts.username is None else unquote(parts.username),
+        "password": None if parts.password is None else unquote(parts.password),
         "rdns": parsed.scheme in ("socks5h", "socks4a"),
     }
 

@@ -4,7 +4,9 @@ client (``ClientSession.ws_connect()``).
 ``ws_stream.WsStream(ws)`` wraps a prepared ``WebSocketResponse`` or a
 ``ClientWebSocketResponse``; the stream is the same as over TCP (see
 :mod:`ws_stream.asyncio._messages`). What aiohttp does itself: pings (its
-``heartbeat`` and ``autoping``; ``ping()`` of the stream raises
+``heartbeat``, and answering the peer's pings with ``autoping=True``, the
+default; with ``autoping=False`` the stream answers them and reports
+``PingReceived``; ``ping()`` of the stream raises
 :exc:`NotImplementedError`), the message size limit (``max_msg_size``), and
 answering the peer's close.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .asyncio._messages import BYTES, CLOSE, TEXT, Message
+from .asyncio._messages import BYTES, CLOSE, PING, PONG, TEXT, Message
 
 __all__ = ["AiohttpSocket"]
 
@@ -23,8 +25,9 @@ class AiohttpSocket:
 
     name = "aiohttp"
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, *, client: bool) -> None:
         self.ws = ws
+        self.client = client  # a ClientWebSocketResponse (TLS inside: the client side)
 
     async def receive(self) -> Message:
         from aiohttp import WSMsgType
@@ -38,9 +41,12 @@ class AiohttpSocket:
             if kind is WSMsgType.TEXT:
                 return TEXT, message.data
             if kind is WSMsgType.CLOSE:
-                return CLOSE, (int(message.data), message.extra or "")
-            if kind in (WSMsgType.PING, WSMsgType.PONG):
-                continue  # autoping=False: nothing for the byte stream
+                # aiohttp says 0 for a close frame without a code (1005).
+                return CLOSE, (int(message.data) or 1005, message.extra or "")
+            if kind is WSMsgType.PING:  # autoping=False: the stream answers
+                return PING, bytes(message.data)
+            if kind is WSMsgType.PONG:
+                return PONG, bytes(message.data)
             # CLOSING, CLOSED, ERROR: the connection is over.
             code = ws.close_code
             if code is None or kind is WSMsgType.ERROR:
@@ -53,12 +59,16 @@ class AiohttpSocket:
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode())
 
+    async def pong(self, data: bytes) -> None:
+        await self.ws.pong(data)
+
     def extra(self) -> dict[str, Any]:
         ws = self.ws
         return {
             "peername": self._transport_info("peername"),
             "sockname": self._transport_info("sockname"),
-            "subprotocol": ws.ws_protocol,
+            # The subprotocol: ws_protocol on the server's class, protocol on the client's.
+            "subprotocol": getattr(ws, "ws_protocol", None) or getattr(ws, "protocol", None),
             "aiohttp_ws": ws,
         }
 

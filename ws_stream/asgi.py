@@ -8,7 +8,11 @@ how): ``.reader``/``.writer`` over a real transport, ``close(code, reason)``,
 
 What ASGI cannot do: pings (``ping()`` raises :exc:`NotImplementedError`; the
 server's own keepalive applies), frame boundaries (messages arrive whole,
-within the server's own size limit).
+within the server's own size limit), and telling a close frame without a code
+from a lost connection (uvicorn reports both as 1005): ws_stream reads 1005 as
+a lost connection (``AbnormalClosureError``), never as a clean end. A
+disconnect with 1002, 1007 or 1009 (the server refused the peer's message:
+too big, invalid) ends the reader with ``ProtocolError`` of that code.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class AsgiSocket:
     """An accepted ASGI WebSocket as whole messages (see ``MessageSocket``)."""
 
     name = "ASGI"
+    client = False
 
     def __init__(
         self, scope: Scope, receive: Receive, send: Send, subprotocol: str | None = None
@@ -51,7 +56,10 @@ class AsgiSocket:
                 return BYTES, message["bytes"]
             return TEXT, message.get("text") or ""
         if kind == "websocket.disconnect":
-            return CLOSE, (message.get("code", 1005), message.get("reason") or "")
+            code = message.get("code", 1005)
+            # uvicorn reports a lost connection as 1005, the code of a close frame
+            # without one: never let a truncated stream look complete.
+            return CLOSE, (1006 if code == 1005 else code, message.get("reason") or "")
         raise RuntimeError(f"unexpected ASGI message {kind!r} on an accepted WebSocket")
 
     async def send_bytes(self, data: bytes) -> None:

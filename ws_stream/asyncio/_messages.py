@@ -29,11 +29,14 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-__all__ = ["BYTES", "CLOSE", "TEXT", "MessageLink", "MessageSocket", "open_pair"]
+__all__ = ["BYTES", "CLOSE", "PING", "PONG", "TEXT", "MessageLink", "MessageSocket", "open_pair"]
 
 logger = logging.getLogger("ws_stream.asyncio")
 
-BYTES, TEXT, CLOSE = "bytes", "text", "close"
+BYTES, TEXT, CLOSE, PING, PONG = "bytes", "text", "close", "ping", "pong"
+#: Close codes with which a front end ends a connection itself for a message it
+#: refused (invalid, too big): a violation, as if websockets had detected it.
+_VIOLATIONS = frozenset({1002, 1007, 1009})
 #: What :meth:`MessageSocket.receive` returns: (BYTES, data), (TEXT, str),
 #: (CLOSE, (code, reason)) - the peer's close, 1006 when the connection was
 #: lost without one.
@@ -46,6 +49,7 @@ class MessageSocket(Protocol):
     """What a front end offers: whole messages in and out."""
 
     name: str  # for messages: "ASGI", "aiohttp"
+    client: bool  # the client side of the WebSocket (the side of TLS inside it)
 
     async def receive(self) -> Message:
         """The next message from the peer (see :data:`Message`)."""
@@ -58,6 +62,9 @@ class MessageSocket(Protocol):
 
     def extra(self) -> dict[str, Any]:
         """``get_extra_info()`` names this front end answers (peername, ...)."""
+
+    # Front ends that show the peer's pings (aiohttp with autoping=False) also
+    # receive (PING, data) / (PONG, data) and have ``async def pong(data)``.
 
 
 def open_pair() -> tuple[ServerProtocol, ClientProtocol]:
@@ -124,11 +131,20 @@ class MessageLink(asyncio.Transport):
                     self._feed(Opcode.BINARY, value)
                 elif kind == TEXT:
                     self._feed(Opcode.TEXT, value.encode())
+                elif kind == PING:
+                    self._feed(Opcode.PING, value)  # the engine answers (write())
+                elif kind == PONG:
+                    self._feed(Opcode.PONG, value)
                 else:
                     code, reason = value
                     self._peer_closed = True
                     if code == 1006:
                         self._connection_lost(_lost())
+                    elif code in _VIOLATIONS and self._protocol is not None:
+                        ws = getattr(self._protocol, "ws", None)
+                        if ws is not None:
+                            ws._front_end_violation(code, reason)
+                        self._connection_lost(None)
                     else:
                         self._feed_close(code, reason)
                         self._connection_lost(None)
@@ -166,6 +182,8 @@ class MessageLink(asyncio.Transport):
                 if not self._peer_closed and not self._close_sent:
                     self._close_sent = True
                     self._outbox.append((CLOSE, (close.code, close.reason)))
+            elif event.opcode is Opcode.PONG and hasattr(self._socket, "pong"):
+                self._outbox.append((PONG, event.data))
             # Pings cannot come: a stream over a front end without pings
             # refuses ping() and has no keepalive.
         # The mirror answers pings and closes on its own: ignored, the front
@@ -185,6 +203,9 @@ class MessageLink(asyncio.Transport):
                     self._wake_sender.clear()
                     await self._wake_sender.wait()
                 kind, value = self._outbox.popleft()
+                if kind == PONG:
+                    await socket.pong(bytes(value))  # type: ignore[attr-defined]
+                    continue
                 if kind == BYTES:
                     await socket.send_bytes(bytes(value))
                     self._queued -= len(value)
@@ -281,4 +302,6 @@ class MessageLink(asyncio.Transport):
 
 
 def _lost() -> ConnectionResetError:
-    return ConnectionResetError("the connection was lost without a close frame (1006)")
+    return ConnectionResetError(
+        "the front end reported the end of the connection without a close frame"
+    )

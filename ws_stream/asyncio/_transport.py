@@ -27,6 +27,8 @@ __all__ = ["WsTransport"]
 
 logger = logging.getLogger("ws_stream.asyncio")
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)  # (built once: write() is a hot path)
+
 
 def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
     """Hand ``data`` to a buffered protocol (SSLProtocol after start_tls)."""
@@ -81,6 +83,39 @@ class WsTransport(asyncio.Transport):
 
     _start_tls_compatible = True  # asyncio's loop.start_tls() checks this
 
+    _extra: dict[str, Any]  # asyncio.BaseTransport's slot, which typeshed does not declare
+
+    # One per connection: slots (an instance dict only if someone stores an
+    # attribute on the transport, as on asyncio's own).
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_buffered",
+        "_closed",
+        "_closing",
+        "_engine",
+        "_eof_written",
+        "_flush_handle",
+        "_loop",
+        "_max_frame",
+        "_on_lost",
+        "_options",
+        "_owner",
+        "_pending_input",
+        "_protocol",
+        "_protocol_lost",
+        "_reading_paused",
+        "_tcp",
+        "_tcp_gone",
+        "_timer",
+        "_timer_at",
+        "_writing_paused",
+        "close_code_to_send",
+        "close_reason_to_send",
+        "engine",
+        "stats",
+    )
+
     def __init__(
         self,
         tcp: asyncio.Transport,
@@ -98,13 +133,12 @@ class WsTransport(asyncio.Transport):
         received: bytes = b"",
         on_lost: Callable[[Exception | None], None] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(extra)
         self._tcp = tcp
         self._loop = loop
         self._options = options
         self._max_frame = options.max_frame_size
         self._owner = owner
-        self._extra = extra
         self._on_lost = on_lost
         self._protocol: asyncio.BaseProtocol | None = None
         self._buffered = False
@@ -117,7 +151,7 @@ class WsTransport(asyncio.Transport):
         self._tcp_gone = False
         self._writing_paused = False
         self._reading_paused = False
-        self.closed: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] | None = None  # see closed
         self.close_code_to_send = 1000
         self.close_reason_to_send = ""
         self._pending_input: tuple[Sequence[Frame], Close | None, bytes] | None = (
@@ -159,6 +193,19 @@ class WsTransport(asyncio.Transport):
         self._output()
 
     @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the TCP connection is closed.
+
+        Made when first asked for: an idle server connection never needs it.
+        """
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = self._loop.create_future()
+            if self._tcp_gone:
+                closed.set_result(None)
+        return closed
+
+    @property
     def error(self) -> Exception | None:
         """The error the stream ended with (None while open or after a clean close)."""
         return self._engine.error
@@ -172,6 +219,10 @@ class WsTransport(asyncio.Transport):
     def _tcp_eof(self) -> None:
         self._engine.receive_eof()
         self._output()
+
+    def _front_end_violation(self, code: int, reason: str) -> None:
+        """A message front end failed the connection with ``code`` (see Engine.violation)."""
+        self._engine.violation(code, reason)
 
     def _tcp_late_eof(self) -> None:
         """The peer half-closed before we became the TCP transport's protocol."""
@@ -190,8 +241,9 @@ class WsTransport(asyncio.Transport):
         self._cancel_flush()
         self._engine.connection_lost(exc)
         self._lose_protocol(self._engine.read_error)
-        if not self.closed.done():
-            self.closed.set_result(None)
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_result(None)
         if self._on_lost is not None:
             self._on_lost(exc)
 
@@ -241,13 +293,16 @@ class WsTransport(asyncio.Transport):
 
     def _output(self) -> None:
         """Write what the engine has to send; re-arm the timer if its deadline moved."""
-        tcp = self._tcp
-        for data in self._engine.data_to_send():
-            if data:
-                tcp.write(data)
-            elif tcp.can_write_eof():
-                tcp.write_eof()
-        deadline = self._engine.deadline
+        engine = self._engine
+        writes = engine.data_to_send()
+        if writes:
+            tcp = self._tcp
+            for data in writes:
+                if data:
+                    tcp.write(data)
+                elif tcp.can_write_eof():
+                    tcp.write_eof()
+        deadline = engine.deadline
         if deadline != self._timer_at:
             self._arm(deadline)
 
@@ -344,7 +399,7 @@ class WsTransport(asyncio.Transport):
         return self._engine.pending_size + self._tcp.get_write_buffer_size()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if self._eof_written:
             raise RuntimeError("Cannot call write() after write_eof()")
@@ -364,8 +419,9 @@ class WsTransport(asyncio.Transport):
 
     def _flush(self) -> None:
         self._flush_handle = None
-        self._engine.flush()
-        self._output()
+        if self._engine.pending_size:  # else the first write went alone: nothing to do
+            self._engine.flush()
+            self._output()
 
     def flush(self) -> None:
         """Frame the writes coalesced in this loop iteration now.

@@ -59,6 +59,21 @@ class ServerConnection:
     Sans-I/O ``ServerProtocol``), :meth:`respond` and :meth:`wait_closed`.
     """
 
+    # One per connection, for its whole life: slots, and an instance dict only
+    # if a hook stores something on the connection (as websockets allows).
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_closed",
+        "_finished",
+        "local_address",
+        "protocol",
+        "remote_address",
+        "server",
+        "stream",
+        "transport",
+    )
+
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         self.server = server
         self.transport = transport
@@ -66,7 +81,24 @@ class ServerConnection:
         self.local_address: Any = transport.get_extra_info("sockname")
         self.protocol: ServerProtocol | None = None
         self.stream: WsStream | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed: asyncio.Future[None] | None = None  # see closed
+        self._finished = False
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the TCP connection is closed (made when first asked for)."""
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = asyncio.get_running_loop().create_future()
+            if self._finished:
+                closed.set_result(None)
+        return closed
+
+    def _finish(self) -> None:
+        self._finished = True
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_result(None)
 
     def respond(self, status: int, text: str) -> Response:
         """An HTTP response to return from ``process_request`` instead of upgrading."""
@@ -173,6 +205,9 @@ class _Handshaking(asyncio.Protocol):
             transport, result.protocol, self.server._options, extra, received=result.received
         )
         connection.stream = stream
+        # The stream owns the TCP transport now: this protocol is done. (Dropping
+        # the handshake breaks its cycle with _process: freed without the GC.)
+        self.handshake = None
         self.server._start(connection, stream)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -230,9 +265,9 @@ class Server:
         return self._server is not None and self._server.is_serving()
 
     def _start(self, connection: ServerConnection, stream: WsStream) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(connection, stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # _run removes its task from _tasks when it ends (no done callback: one
+        # less object per connection).
+        self._tasks.add(asyncio.get_running_loop().create_task(self._run(connection, stream)))
 
     async def _run(self, connection: ServerConnection, stream: WsStream) -> None:
         try:
@@ -251,12 +286,12 @@ class Server:
             # As with asyncio, the connection lives until someone closes it.
             await stream.wait_closed()
         finally:
+            self._tasks.discard(asyncio.current_task())
             self._finished(connection)
 
     def _finished(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
-        if not connection.closed.done():
-            connection.closed.set_result(None)
+        connection._finish()
         if self._closing and not self._connections and not self._closed.done():
             self._closed.set_result(None)
 

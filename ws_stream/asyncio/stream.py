@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 import sys
@@ -110,7 +111,8 @@ class WsStream:
         self._front_end = socket.name
         server, mirror = open_pair()
         link = MessageLink(socket, mirror)
-        self._setup(link, server, options, asyncio.get_running_loop(), socket.extra())
+        loop = asyncio.get_running_loop()
+        self._setup(link, server, options, loop, socket.extra(), tls_client=socket.client)
         link.start()
         return self
 
@@ -146,23 +148,28 @@ class WsStream:
         options: StreamOptions,
         loop: asyncio.AbstractEventLoop,
         extra: dict[str, Any],
+        tls_client: bool | None = None,
         **engine: Any,
     ) -> None:
+        """``tls_client``: the side of a TLS handshake inside the stream, when it is
+        not the WebSocket protocol's (a front end's client over an in-memory server)."""
         self._options = options
         self._loop = loop
         self._protocol_ws = protocol
-        self._hub = EventHub[Event](options.max_events)
+        # (not EventHub[Event](...): calling a subscripted generic costs a __dict__
+        # entry, __orig_class__, on every instance)
+        self._hub: EventHub[Event] = EventHub(options.max_events)
         self._transport = WsTransport(
             tcp, protocol, options, loop=loop, hub=self._hub, owner=self, extra=extra, **engine
         )
         self._reader = ChunkedStreamReader(options.limit, loop)
-        self._protocol = asyncio.StreamReaderProtocol(self._reader, loop=loop)
+        self._protocol = _ReaderProtocol(self._reader, loop=loop)
         self._writer = _StreamWriter(
             self._transport,
             self._protocol,
             self._reader,
             loop,
-            server_side=protocol.side is SERVER,
+            server_side=protocol.side is SERVER if tls_client is None else not tls_client,
         )
         self._transport.attach(self._protocol)
 
@@ -346,22 +353,49 @@ class WsStream:
 
 def _message_socket(websocket: object) -> MessageSocket | None:
     """The front end's message socket when ``websocket`` is a Starlette or aiohttp
-    WebSocket (detected without importing those frameworks unless in use)."""
+    WebSocket (detected without importing those frameworks: an object of theirs
+    means their module is loaded already)."""
     starlette = sys.modules.get("starlette.websockets")
     if starlette is not None and isinstance(websocket, starlette.WebSocket):
         from ..asgi import starlette_socket
 
         return starlette_socket(websocket)
-    aiohttp = sys.modules.get("aiohttp")
-    if aiohttp is not None and isinstance(
-        websocket, aiohttp.web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+    server = sys.modules.get("aiohttp.web_ws")
+    client = sys.modules.get("aiohttp.client_ws")
+    if (server is not None and isinstance(websocket, server.WebSocketResponse)) or (
+        client is not None and isinstance(websocket, client.ClientWebSocketResponse)
     ):
         from ..aiohttp import AiohttpSocket
 
         if getattr(websocket, "closed", False) or not getattr(websocket, "prepared", True):
             raise ValueError("the aiohttp WebSocket must be prepared and open")
-        return AiohttpSocket(websocket)
+        return AiohttpSocket(
+            websocket, client=server is None or not isinstance(websocket, server.WebSocketResponse)
+        )
     return None
+
+
+class _ReaderProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's StreamReaderProtocol, without a queue of drain() waiters until one waits.
+
+    asyncio makes that queue (a deque, about 600 bytes) for every connection,
+    and uses it only while writing is paused; a server holds one protocol per
+    idle connection. Only the attribute's storage changes (Python 3.11 to
+    3.13 name it ``_drain_waiters``).
+    """
+
+    _waiters: collections.deque[asyncio.Future[None]] | None = None
+
+    @property
+    def _drain_waiters(self) -> collections.deque[asyncio.Future[None]]:
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = collections.deque()
+        return waiters
+
+    @_drain_waiters.setter
+    def _drain_waiters(self, waiters: collections.deque[asyncio.Future[None]]) -> None:
+        self._waiters = waiters or None  # asyncio's empty one: made again when needed
 
 
 class _StreamWriter(asyncio.StreamWriter):

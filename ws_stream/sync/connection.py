@@ -392,12 +392,8 @@ class Connection:
         return True
 
     def _resume_if_below(self) -> None:
-        """After a read (lock held): let the reader thread read again below half of ``limit``.
-
-        WORKAROUND: the engine decides this in ``take()`` (half of ``limit``);
-        reads that use the buffer directly (``take_into``, ``take_line``) restate it.
-        """
-        if self._reader_paused and len(self.engine.buffer) <= self.engine.limit // 2:
+        """After a read (lock held): let the reader thread read again when the engine says."""
+        if self._reader_paused and self.engine.should_resume():
             self._resume.notify()
 
     def read(self, n: int, budget: Budget) -> bytes:

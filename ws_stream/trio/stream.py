@@ -43,6 +43,37 @@ _DEFAULT_MAX_BYTES = 2**16
 _WRAP_OPTIONS = frozenset({"limit", "max_frame_size", "on_text", "close_timeout", "max_events"})
 
 
+class _Wakeup:
+    """A ``ParkingLot`` for a single waiter (each of ours has one), with its method names.
+
+    No queue: waking is a plain reschedule, and waking nobody costs an
+    attribute test (the engine wakes the receiver after every frame).
+    Cancellation works as for ``ParkingLot.park()``.
+    """
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+
+    def __bool__(self) -> bool:
+        return self.task is not None  # a task waits
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def park(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def unpark_all(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+
 def _broken(error: BaseException, what: str) -> trio.BrokenResourceError:
     exc = trio.BrokenResourceError(f"{what}: {error}")
     exc.__cause__ = error
@@ -111,10 +142,10 @@ class WsStream(trio.abc.Stream):
         self._send_broken = False  # a write was interrupted: a frame may be cut short
         self._outbox: list[bytes] = []  # taken from the engine by the reader, not written
         self._send_lock = trio.Lock()
-        self._data_lot = trio.lowlevel.ParkingLot()
-        self._space_lot = trio.lowlevel.ParkingLot()
-        self._flush_lot = trio.lowlevel.ParkingLot()
-        self._timer_lot = trio.lowlevel.ParkingLot()
+        self._data_lot = _Wakeup()  # receive_some() waits for data
+        self._space_lot = _Wakeup()  # the reader waits for room (read backpressure)
+        self._flush_lot = _Wakeup()  # the flusher waits for websockets' answers
+        self._timer_lot = _Wakeup()  # the timer waits for a new deadline
         self._closed = trio.Event()
         self._reader_scope = trio.CancelScope()
         self._cancel_scope = trio.CancelScope()
@@ -397,9 +428,22 @@ class WsStream(trio.abc.Stream):
         engine = self._engine
         try:
             self._check_sendable()
-            view = memoryview(data).cast("B")
             size = self._options.max_frame_size
-            async with self._send_lock:
+            view: bytes | memoryview
+            if type(data) is bytes and len(data) <= size:
+                view = data  # one frame, framed as it is
+            else:
+                view = memoryview(data).cast("B")
+            lock = self._send_lock
+            if lock.locked():
+                await lock.acquire()  # the flusher, a ping or a close is writing
+            else:
+                # Taken without a schedule point of its own (trio.Lock.acquire
+                # yields even when free): writing the frame below is one.
+                lock.acquire_nowait()
+            try:
+                if not len(view):
+                    await trio.lowlevel.checkpoint()
                 for start in range(0, len(view), size):
                     self._check_sendable()
                     refusal = engine.send_refusal()
@@ -408,8 +452,10 @@ class WsStream(trio.abc.Stream):
                     # Cancelled here, nothing of this frame was written: the
                     # stream stays usable (frames before it were sent whole).
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    engine.send(view[start : start + size])
+                    engine.send(view[start : start + size] if start or len(view) > size else view)
                     await self._send_pending()
+            finally:
+                lock.release()
         finally:
             self._sending = False
 

@@ -1,0 +1,201 @@
+"""``ws_stream.aiohttp``: what is particular to aiohttp's WebSockets, server and client.
+
+The matrix (``test_matrix.py``) runs the common behaviour; here: what
+``WsStream(ws)`` accepts, what it reports, and pings with ``autoping=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import ws_stream
+
+from .helpers import PATH, STEP, run_aiohttp, stream_of
+
+
+async def test_wraps_a_client_websocket() -> None:
+    """``WsStream(session.ws_connect(...))`` - the documented aiohttp client front end."""
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    async with (
+        asyncio.timeout(30),
+        await ws_stream.start_server(
+            on_connection, "127.0.0.1", 0, ping_interval=None, subprotocols=["binary"]
+        ) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        port = server.sockets[0].getsockname()[1]
+        ws = await session.ws_connect(f"ws://127.0.0.1:{port}/", protocols=["binary"])
+        stream = ws_stream.WsStream(ws)
+        assert stream.subprotocol == "binary"
+        theirs = stream_of(await asyncio.wait_for(accepted.get(), STEP))
+        assert stream.writer.get_extra_info("peername") == theirs.writer.get_extra_info("sockname")
+        stream.writer.write(b"echo me")
+        assert await stream.reader.readexactly(7) == b"echo me"
+        await asyncio.wait_for(stream.close(), STEP)
+
+
+#: Programs that import ``aiohttp`` but not ``aiohttp.web`` (which ``import aiohttp``
+#: does not load), then wrap a connection. Each prints "ok" and the echo.
+PROGRAMS = {
+    "websockets-connection": """
+        import asyncio
+        import aiohttp  # for something else: an HTTP client, say
+        import websockets.asyncio.client
+        import ws_stream
+
+        async def main():
+            async def echo(reader, writer):
+                writer.write(await reader.readexactly(5))
+                await writer.drain()
+
+            async with await ws_stream.start_server(echo, "127.0.0.1", 0) as server:
+                port = server.sockets[0].getsockname()[1]
+                ws = await websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/")
+                stream = ws_stream.WsStream(ws)
+                stream.writer.write(b"hello")
+                print("ok", await stream.reader.readexactly(5))
+                await stream.close()
+
+        asyncio.run(asyncio.wait_for(main(), 10))
+    """,
+    "aiohttp-client": """
+        import asyncio
+        import aiohttp
+        import ws_stream
+
+        async def main():
+            async def echo(reader, writer):
+                writer.write(await reader.readexactly(5))
+                await writer.drain()
+
+            async with await ws_stream.start_server(echo, "127.0.0.1", 0) as server:
+                port = server.sockets[0].getsockname()[1]
+                async with aiohttp.ClientSession() as session:
+                    ws = await session.ws_connect(f"ws://127.0.0.1:{port}/")
+                    stream = ws_stream.WsStream(ws)
+                    stream.writer.write(b"hello")
+                    print("ok", await stream.reader.readexactly(5))
+                    await stream.close()
+
+        asyncio.run(asyncio.wait_for(main(), 10))
+    """,
+}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+async def test_wrapping_when_aiohttp_web_is_not_imported(program: str) -> None:
+    """A fresh process, where ``aiohttp`` is imported and ``aiohttp.web`` is not."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(PROGRAMS[program]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-600:]
+    assert out.decode().strip() == "ok b'hello'"
+
+
+async def test_server_websocket_must_be_prepared_and_open() -> None:
+    outcomes: list[str] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        try:
+            ws_stream.WsStream(ws)
+        except ValueError as exc:
+            outcomes.append(f"unprepared: {exc}")
+        await ws.prepare(request)
+        await ws.close(code=4000)
+        try:
+            ws_stream.WsStream(ws)
+        except ValueError as exc:
+            outcomes.append(f"closed: {exc}")
+        return ws
+
+    app = web.Application()
+    app.router.add_get(PATH, handler)
+    async with asyncio.timeout(30), run_aiohttp(app) as port:
+        reader, writer = await ws_stream.open_connection(
+            f"ws://127.0.0.1:{port}{PATH}", ping_interval=None
+        )
+        assert await reader.read() == b""
+        assert stream_of(writer).close_code == 4000
+        # Until the handler is over: a shutting-down aiohttp stops reading, and
+        # its ws.close() would wait 10 s for our answer to its close.
+        await asyncio.wait_for(stream_of(writer).wait_closed(), STEP)
+    assert outcomes == [
+        "unprepared: the aiohttp WebSocket must be prepared and open",
+        "closed: the aiohttp WebSocket must be prepared and open",
+    ]
+
+
+async def test_server_stream_reports_the_connection() -> None:
+    streams: asyncio.Queue[ws_stream.WsStream] = asyncio.Queue()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=["binary"])
+        await ws.prepare(request)
+        stream = ws_stream.WsStream(ws)
+        await streams.put(stream)
+        await stream.wait_closed()
+        return ws
+
+    app = web.Application()
+    app.router.add_get(PATH, handler)
+    async with asyncio.timeout(30), run_aiohttp(app) as port:
+        reader, writer = await ws_stream.open_connection(
+            f"ws://127.0.0.1:{port}{PATH}", subprotocols=["binary"], ping_interval=None
+        )
+        stream = await asyncio.wait_for(streams.get(), STEP)
+        assert stream.subprotocol == "binary"
+        assert stream.writer.get_extra_info("peername") == writer.get_extra_info("sockname")
+        assert stream.writer.get_extra_info("aiohttp_ws") is not None
+        assert "server" in repr(stream)
+        writer.close()
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+
+
+@pytest.mark.parametrize("autoping", [True, False])
+async def test_the_peers_ping_is_answered(autoping: bool) -> None:
+    """RFC 6455 5.5.2: a ping MUST be answered. With ``autoping=False`` aiohttp hands
+    pings to the application (``receive()``), which is the stream here."""
+    streams: asyncio.Queue[ws_stream.WsStream] = asyncio.Queue()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=autoping)
+        await ws.prepare(request)
+        stream = ws_stream.WsStream(ws, close_timeout=3.0)
+        await streams.put(stream)
+        await stream.wait_closed()
+        return ws
+
+    app = web.Application()
+    app.router.add_get(PATH, handler)
+    async with asyncio.timeout(30), run_aiohttp(app) as port:
+        reader, writer = await ws_stream.open_connection(
+            f"ws://127.0.0.1:{port}{PATH}", ping_interval=None, close_timeout=3.0
+        )
+        await asyncio.wait_for(streams.get(), STEP)
+        try:
+            latency = await stream_of(writer).ping(b"hello", timeout=3.0)
+        except TimeoutError:
+            pytest.fail(f"autoping={autoping}: the stream never answered the peer's ping")
+        finally:
+            writer.close()
+            await asyncio.wait_for(stream_of(writer).wait_closed(), STEP)
+        assert 0 < latency < 3.0

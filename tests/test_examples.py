@@ -265,3 +265,44 @@ def test_events_observer_demo() -> None:
         events = [line for line in lines if re.match(rf"{side}: ({names}) ", line)]
         assert events[-1] == f"{side}: {closed}", lines
         assert sum(closed in line for line in lines) == 1
+
+
+def test_fastapi_app_streams_lines_and_tunnels() -> None:
+    pytest.importorskip("fastapi", reason="fastapi is in the test extra: pip install -e '.[test]'")
+    import asyncio
+
+    import ws_stream
+
+    async def target_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def check(uri: str, serving: asyncio.Server) -> None:
+        async with serving:
+            reader, writer = await ws_stream.open_connection(uri + "upper", ping_interval=None)
+            writer.write(b"hello\nbyte stream\n")
+            assert await reader.readline() == b"HELLO\n"
+            assert await reader.readline() == b"BYTE STREAM\n"
+            await writer.get_extra_info("ws_stream").close()
+            reader, writer = await ws_stream.open_connection(
+                uri + "tunnel/", ping_interval=None, subprotocols=["binary"]
+            )
+            blob = os.urandom(300_000)
+            writer.write(blob)
+            assert await reader.readexactly(len(blob)) == blob
+            await writer.get_extra_info("ws_stream").close()
+
+    async def main() -> None:
+        serving = await asyncio.start_server(target_echo, "127.0.0.1", 0)
+        port = serving.sockets[0].getsockname()[1]
+        with server_process("fastapi_app.py", "--port", "0", "--to", f"127.0.0.1:{port}") as (
+            uri,
+            process,
+        ):
+            await check(uri, serving)
+            out, err = await asyncio.to_thread(stop_server, process)  # the target runs here
+            assert "Traceback" not in err, err
+
+    asyncio.run(main())

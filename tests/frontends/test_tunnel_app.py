@@ -255,7 +255,18 @@ async def test_subprotocols(server: str) -> None:
         assert target.connections == 2
 
 
+TUNNELS = 200
+
+
+async def _close_code_at_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    assert await reader.read() == b""  # a clean end, not a reset
+    code = stream_of(writer).close_code
+    assert code is not None
+    return code
+
+
 async def test_uvicorn_two_workers_factory() -> None:
+    """200 concurrent tunnels through 2 uvicorn workers, checksummed; SIGTERM ends them."""
     async with asyncio.timeout(100), Target() as target:
         sock = free_socket()
         port = sock.getsockname()[1]
@@ -304,11 +315,15 @@ async def test_uvicorn_two_workers_factory() -> None:
                 if "resource_tracker" not in " ".join(child.cmdline())
             ]
             uri = f"ws://127.0.0.1:{port}/"
-            opened = [
-                await ws_stream.open_connection(uri, subprotocols=["binary"], ping_interval=None)
-                for _ in range(8)
-            ]
-            blobs = [os.urandom(MiB) for _ in opened]
+            opened = list(
+                await asyncio.gather(
+                    *(
+                        ws_stream.open_connection(uri, subprotocols=["binary"], ping_interval=None)
+                        for _ in range(TUNNELS)
+                    )
+                )
+            )
+            blobs = [os.urandom(64 * 1024 + n) for n in range(len(opened))]
 
             async def check(pair: Any, blob: bytes) -> None:
                 reader, writer = pair
@@ -326,10 +341,20 @@ async def test_uvicorn_two_workers_factory() -> None:
                 for w in workers
             }
             print(f"\nWORKERS connections to the target per worker pid: {served}")
-            assert sum(served.values()) == 8
-            for _, writer in opened:
-                await asyncio.wait_for(stream_of(writer).close(), STEP)
-            assert target.connections == 8
+            assert sum(served.values()) == TUNNELS
+            assert all(served.values()), served  # both workers serve
+            # SIGTERM with every tunnel open: uvicorn closes each WebSocket with
+            # 1012 (service restart) and the tunnels end cleanly on both sides.
+            proc.send_signal(signal.SIGTERM)
+            codes = await asyncio.gather(
+                *(
+                    asyncio.wait_for(_close_code_at_eof(reader, writer), 30)
+                    for reader, writer in opened
+                )
+            )
+            assert set(codes) == {1012}, sorted(set(codes))
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            assert target.connections == TUNNELS
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGINT)

@@ -1,6 +1,6 @@
 """Read backpressure over every front end: what a peer's flood costs while nobody reads.
 
-A peer in its own process (``flood.py``) sends 64 MiB while the application
+A peer in its own process (``flood.py``) sends 256 MiB while the application
 does not read. The stream's reader stops at its ``limit`` (plus the message
 that was on its way); what the front end holds meanwhile is measured four
 ways: the growth of the Python heap (tracemalloc) and of the RSS of this
@@ -32,7 +32,7 @@ from . import flood
 from .helpers import FRONT_ENDS, STREAM_OPTIONS, aiohttp_probe, rss, serving
 
 KiB, MiB = 2**10, 2**20
-TOTAL = 64 * MiB
+TOTAL = 256 * MiB  # the issue's flood: far more than any buffer on the way
 LIMIT = MiB  # the stream's reader limit (the default)
 SETTLE = 1.0  # seconds to wait after the peer stalls before measuring
 

@@ -122,51 +122,78 @@ class _Cutter:
 
     def cuts(self, data: bytes | bytearray) -> list[int]:
         """Offsets in ``data`` where to cut (each after the end of a frame)."""
+        # Locals in the loop, written back at the end: this runs on every read.
         cuts: list[int] = []
         pos = 0
         end = len(data)
+        in_frame = self.in_frame
+        left = self.left
+        count = self.count
+        cut_after = self.cut_after
         while True:
-            if self.in_frame:
-                step = min(self.left, end - pos)
-                pos += step
-                self.left -= step
-                if self.left:
+            if in_frame:
+                if left > end - pos:
+                    left -= end - pos
                     break
-                self.in_frame = False
-                self.count += 1
-                if self.cut_after or self.count >= _FRAMES_PER_FEED:
+                pos += left
+                left = 0
+                in_frame = False
+                count += 1
+                if cut_after or count >= _FRAMES_PER_FEED:
                     cuts.append(pos)
-                    self.count = 0
+                    count = 0
                 continue
             if pos >= end:
                 break
             # A header starts at pos (possibly with bytes kept from the last read).
-            head = self.head + bytes(data[pos : pos + 14])
-            if len(head) < 2:
-                self.head = head
-                break
-            size = head[1] & 0x7F
-            need = 2 + (2 if size == 126 else 8 if size == 127 else 0)
-            need += 4 if head[1] & 0x80 else 0
-            if len(head) < need:
-                self.head = head
-                break
-            if size == 126:
-                size = int.from_bytes(head[2:4], "big")
-            elif size == 127:
-                size = int.from_bytes(head[2:10], "big")
-            pos += need - len(self.head)
-            self.head = b""
-            self.in_frame = True
-            self.left = size
+            if not self.head and end - pos >= 14:
+                # The whole header is in data (the usual case): read it in place.
+                b0 = data[pos]
+                b1 = data[pos + 1]
+                size = b1 & 0x7F
+                if size < 126:
+                    need = 2
+                elif size == 126:
+                    size = (data[pos + 2] << 8) | data[pos + 3]
+                    need = 4
+                else:
+                    size = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                    need = 10
+                if b1 & 0x80:
+                    need += 4
+                pos += need
+            else:
+                head = self.head + bytes(data[pos : pos + 14])
+                if len(head) < 2:
+                    self.head = head
+                    break
+                b0 = head[0]
+                size = head[1] & 0x7F
+                need = 2 + (2 if size == 126 else 8 if size == 127 else 0)
+                need += 4 if head[1] & 0x80 else 0
+                if len(head) < need:
+                    self.head = head
+                    break
+                if size == 126:
+                    size = int.from_bytes(head[2:4], "big")
+                elif size == 127:
+                    size = int.from_bytes(head[2:10], "big")
+                pos += need - len(self.head)
+                self.head = b""
+            in_frame = True
+            left = size
             # Text frames and their continuations are decided alone too (invalid
             # UTF-8 fails the connection with on_text="bytes").
-            opcode = head[0] & 0x0F
+            opcode = b0 & 0x0F
             if opcode == 0x1 or (opcode == 0x0 and self.in_text):
-                self.in_text = not head[0] & 0x80
-                self.cut_after = True
+                self.in_text = not b0 & 0x80
+                cut_after = True
             else:
-                self.cut_after = opcode not in _DATA_OPCODES
+                cut_after = opcode not in _DATA_OPCODES
+        self.in_frame = in_frame
+        self.left = left
+        self.count = count
+        self.cut_after = cut_after
         return cuts
 
 

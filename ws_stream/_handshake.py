@@ -15,6 +15,8 @@ proxy's answer means is decided here too (:class:`ProxyConnect`).
 from __future__ import annotations
 
 import base64
+import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -366,7 +368,7 @@ def proxy_for(uri: str, wsuri: WebSocketURI, proxy: str | bool | None) -> str | 
         ValueError: the proxy URL is invalid (credentials hidden).
     """
     if proxy is True:
-        proxy = get_proxy(wsuri)
+        proxy = _environment_proxy(_proxy_environment(), wsuri.secure, wsuri.host, wsuri.port)
     if not proxy:
         return None
     try:
@@ -374,6 +376,26 @@ def proxy_for(uri: str, wsuri: WebSocketURI, proxy: str | bool | None) -> str | 
     except InvalidProxy as exc:
         raise handshake_failure(exc, uri) or ValueError(redact(proxy)) from exc
     return proxy
+
+
+def _proxy_environment() -> tuple[tuple[str, str], ...]:
+    """The environment variables the proxy decision depends on (``*_proxy``)."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.lower().endswith("_proxy")))
+
+
+@functools.lru_cache(maxsize=256)
+def _environment_proxy(
+    environment: tuple[tuple[str, str], ...], secure: bool, host: str, port: int
+) -> str | None:
+    """websockets' ``get_proxy``, remembered per environment and destination: it
+    scans the whole environment twice (a fifth of a client's handshake CPU)."""
+    del environment  # the cache key: a changed variable is a new decision
+    wsuri = parse_uri(f"{'wss' if secure else 'ws'}://{_host(host)}:{port}/")
+    return get_proxy(wsuri)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def is_socks(proxy: str) -> bool:

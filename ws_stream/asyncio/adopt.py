@@ -77,7 +77,7 @@ def check_adoptable(websocket: Connection) -> None:
         )
 
 
-def adopt(websocket: Connection) -> Adopted:
+def adopt(websocket: object) -> Adopted:
     """Stop websockets from handling ``websocket`` and return what it had.
 
     Raises:

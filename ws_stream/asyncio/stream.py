@@ -64,7 +64,7 @@ class WsStream:
     _front_end: str | None = None  # "ASGI", "aiohttp": a message-based front end
 
     def __init__(
-        self, websocket: Connection, *, _options: StreamOptions | None = None, **options: Any
+        self, websocket: object, *, _options: StreamOptions | None = None, **options: Any
     ) -> None:
         socket = _message_socket(websocket)
         if socket is not None:
@@ -85,6 +85,7 @@ class WsStream:
                 options["close_timeout"] = close_timeout
             _options = StreamOptions(**options)  # invalid options: before the takeover
         adopted = adopt(websocket)
+        assert isinstance(websocket, Connection)  # adopt() raised TypeError otherwise
         self._setup(
             adopted.tcp,
             adopted.protocol,

@@ -3,7 +3,7 @@
 Where the shells used to differ (keepalive failure, writes after a close,
 unread data at close, the close deadline), each case runs against a raw peer
 (tests/rawpeer.py) that misbehaves on purpose, on asyncio and on trio; the
-blocking shell's run is in tests/sync.
+blocking shell's runs are below and in tests/sync/test_timers.py.
 """
 
 from __future__ import annotations
@@ -165,3 +165,20 @@ async def test_unanswered_close_is_bounded_trio(nursery: trio.Nursery) -> None:
         assert trio.current_time() - t0 < 0.5 + 2
         seen = [event async for event in events]
     assert seen[-1] == ws_stream.events.Closed(1006, "", clean=False)
+
+
+def test_write_after_the_peers_close_sync() -> None:
+    from ..rawpeer import CLOSE, close_payload
+    from ..sync.rawpeer import raw_connection
+
+    with raw_connection() as (sock, peer):
+        peer.send(CLOSE, close_payload(1000))
+        sock.settimeout(5)
+        assert sock.recv(10) == b""
+        with pytest.raises(BrokenPipeError, match="closing or closed"):
+            sock.sendall(b"too late")
+
+
+# The blocking shell's keepalive failure and close deadline: tests/sync/test_timers.py
+# (test_a_pong_overdue_fails_the_connection_with_1011,
+# test_shutdown_wr_against_a_silent_peer_ends_after_close_timeout).

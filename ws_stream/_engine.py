@@ -73,6 +73,7 @@ logger = logging.getLogger("ws_stream.engine")
 #: None when the connection ended first.
 PingWaiter = Callable[[float | None], None]
 
+_BINARY: Final = Opcode.BINARY
 _CLOSE: Final = Opcode.CLOSE
 _PONG: Final = Opcode.PONG
 # Frames that websockets never reacts to: data keeps flowing between cuts
@@ -223,6 +224,7 @@ class Engine:
         "_pending",
         "_pending_size",
         "_pings",
+        "_send_message",
         "_whole",
         "cause",
         "closed_locally",
@@ -259,6 +261,7 @@ class Engine:
         on_wake: Callable[[], None] = _nothing,
         on_end: Callable[[Exception | None], None] = _nothing,
         adopted: bool = False,
+        send_message: Callable[[bytes], None] | None = None,
     ) -> None:
         if protocol.state is not OPEN and not adopted:
             raise ValueError("the WebSocket handshake must be complete (protocol state OPEN)")
@@ -273,6 +276,9 @@ class Engine:
         self._on_wake = on_wake
         self._on_end = on_end
         self._cutter = _Cutter()
+        # A message front end (ASGI, aiohttp) sends data messages itself: data
+        # is not framed (see receive_message, send).
+        self._send_message = send_message
         self._whole = False  # websockets discards what comes: no more cuts
         # The reader's ending.
         self.eof = False
@@ -406,6 +412,16 @@ class Engine:
             was_open = protocol.state is OPEN
             protocol.receive_data(data[start:] if start else data)
             self._after(protocol.events_received(), now, was_open)
+
+    def receive_message(self, data: bytes, now: float) -> None:
+        """A whole binary message from a message front end (ASGI, aiohttp): decided as a
+        binary frame, without framing it (data frames change nothing in websockets)."""
+        if self.lost or self.protocol.state is CLOSED or self._whole:
+            return  # after a close frame or a failure: discarded (RFC 6455)
+        stats = self.stats
+        stats.frames_received += 1
+        stats.last_frame_at = now
+        self._apply(self.policy.receive_frame(_BINARY, data, True))
 
     def receive_eof(self) -> None:
         """The peer closed its side of TCP: no more bytes will come.
@@ -590,7 +606,13 @@ class Engine:
         size = self.options.max_frame_size
         n = len(data) if type(data) is not memoryview else data.nbytes
         stats = self.stats
-        if n <= size:
+        message = self._send_message
+        if message is not None:  # a message front end keeps what it gets: bytes
+            whole = bytes(data)
+            for start in range(0, max(n, 1), size):
+                message(whole[start : start + size] if n > size else whole)
+            frames = max(1, -(-n // size))
+        elif n <= size:
             self.protocol.send_binary(data)
             frames = 1
         else:

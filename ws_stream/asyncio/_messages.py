@@ -110,6 +110,7 @@ class MessageLink(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._stream: Any = None  # the WsTransport, once it is our protocol
 
     def start(self) -> None:
         """Start moving messages (once the stream is the protocol)."""
@@ -128,7 +129,10 @@ class MessageLink(asyncio.Transport):
                 if self._lost or self._close_sent:
                     return  # our close is under way: the sender ends the connection
                 if kind == BYTES:
-                    self._feed(Opcode.BINARY, value)
+                    # Data needs no framing: the engine decides it as a binary frame.
+                    ws = self._stream
+                    if ws is not None:
+                        ws._message_received(bytes(value))
                 elif kind == TEXT:
                     self._feed(Opcode.TEXT, value.encode())
                 elif kind == PING:
@@ -244,6 +248,19 @@ class MessageLink(asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.Protocol)
         self._protocol = protocol
+        self._stream = getattr(protocol, "ws", None)  # the WsTransport above
+
+    def send_message(self, data: bytes) -> None:
+        """A binary message from the engine (data is never framed here): queued for the
+        front end, in order with what :meth:`write` queues (control frames)."""
+        if self._lost:
+            return
+        self._outbox.append((BYTES, data))
+        self._queued += len(data)
+        self._wake_sender.set()
+        if self._queued > _HIGH_WATER and not self._writing_paused and self._protocol:
+            self._writing_paused = True
+            self._protocol.pause_writing()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None

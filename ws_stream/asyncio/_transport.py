@@ -132,6 +132,7 @@ class WsTransport(asyncio.Transport):
         peer_close: Close | None = None,
         received: bytes = b"",
         on_lost: Callable[[Exception | None], None] | None = None,
+        send_message: Callable[[bytes], None] | None = None,
     ) -> None:
         super().__init__(extra)
         self._tcp = tcp
@@ -169,6 +170,7 @@ class WsTransport(asyncio.Transport):
             deliver=self._deliver,
             on_end=self._on_end,
             adopted=True,
+            send_message=send_message,
         )
         self.engine = self._engine
         self.stats = self._engine.stats
@@ -218,6 +220,11 @@ class WsTransport(asyncio.Transport):
 
     def _tcp_eof(self) -> None:
         self._engine.receive_eof()
+        self._output()
+
+    def _message_received(self, data: bytes) -> None:
+        """A whole binary message from a message front end (no framing)."""
+        self._engine.receive_message(data, self._loop.time())
         self._output()
 
     def _front_end_violation(self, code: int, reason: str) -> None:

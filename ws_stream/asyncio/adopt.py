@@ -65,9 +65,7 @@ def check_adoptable(websocket: Connection) -> None:
     frames = getattr(assembler, "frames", None)
     if frames is not None and not hasattr(frames, "queue"):
         missing.append("recv_messages.frames.queue")
-    missing += [
-        f"protocol.{n}" for n in _PROTOCOL_ATTRIBUTES if not hasattr(websocket.protocol, n)
-    ]
+    missing += [f"protocol.{n}" for n in _PROTOCOL_ATTRIBUTES if not hasattr(websocket.protocol, n)]
     if missing:
         raise AdoptionError(
             f"ws_stream cannot take over a connection of websockets {version('websockets')}: "

@@ -113,7 +113,15 @@ class WsStream:
         server, mirror = open_pair()
         link = MessageLink(socket, mirror)
         loop = asyncio.get_running_loop()
-        self._setup(link, server, options, loop, socket.extra(), tls_client=socket.client)
+        self._setup(
+            link,
+            server,
+            options,
+            loop,
+            socket.extra(),
+            tls_client=socket.client,
+            send_message=link.send_message,
+        )
         link.start()
         return self
 

@@ -3,12 +3,16 @@
 A front end such as ASGI or aiohttp hands over whole *messages*, not bytes: no
 frames, no TCP. To keep every decision in the engine (text frames, close
 codes, the close deadline, writes after a close, unread data...), this module
-puts a :class:`MessageLink` where the TCP transport would be: each message
-received from the front end becomes the frame a real peer would have sent
-(websockets' ``Frame.serialize``), and an in-memory WebSocket client
-(websockets' Sans-I/O ``ClientProtocol``, the *mirror*) parses each frame the
-engine sends into a message for the front end. The stream above
-(``WsTransport``, ``WsStream``) is exactly the one used over TCP.
+puts a :class:`MessageLink` where the TCP transport would be. Binary messages
+go straight to and from the engine (``Engine.receive_message``, its
+``send_message`` sink: data frames change nothing in websockets' protocol, so
+they need no framing). Everything else becomes the frame a real peer would
+have sent (websockets' ``Frame.serialize``): text (1003 or UTF-8 bytes, as the
+engine decides), the peer's close, pings where the front end shows them; and
+an in-memory WebSocket client (websockets' Sans-I/O ``ClientProtocol``, the
+*mirror*) parses the control frames the engine sends (close, pong) into the
+front end's calls. The stream above (``WsTransport``, ``WsStream``) is
+exactly the one used over TCP.
 
 What a front end cannot do, it says: a :class:`WsStream` over a message
 socket has no keepalive of its own (the server's applies) and its ``ping()``

@@ -182,3 +182,23 @@ def test_write_after_the_peers_close_sync() -> None:
 # The blocking shell's keepalive failure and close deadline: tests/sync/test_timers.py
 # (test_a_pong_overdue_fails_the_connection_with_1011,
 # test_shutdown_wr_against_a_silent_peer_ends_after_close_timeout).
+
+
+def test_a_duplicate_ping_payload_is_a_value_error_sync() -> None:
+    """As on asyncio and trio (the engine's ValueError), not a runtime-specific error."""
+    import threading
+
+    from ..sync.rawpeer import raw_connection
+
+    with raw_connection() as (sock, peer):
+        waiting = threading.Thread(target=lambda: _quietly(sock.ping, b"same", 3.0), daemon=True)
+        waiting.start()
+        assert peer.recv_frame().payload == b"same"  # the first ping is out, unanswered
+        with pytest.raises(ValueError, match="already waiting"):
+            sock.ping(b"same", timeout=1.0)
+        peer.send(0xA, b"same")  # its pong
+        waiting.join(5)
+
+
+def _quietly(ping: object, data: bytes, timeout: float) -> None:
+    ping(data, timeout=timeout)  # type: ignore[operator]

@@ -5,16 +5,12 @@ Tests marked ``both_loops`` also run on uvloop (``loop_kind`` says which).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-from typing import Any
 
 import pytest
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    uvloop = None
+# Runs each ``async def`` test on the loop ``loop_kind`` names: the asyncio tests' hook.
+from ..asyncio.conftest import pytest_pyfunc_call  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -29,24 +25,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if metafunc.definition.get_closest_marker("both_loops") is not None:
             kinds.append("uvloop")
         metafunc.parametrize("loop_kind", kinds, indirect=True)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    func = pyfuncitem.obj
-    if not inspect.iscoroutinefunction(func):
-        return None
-    kind = pyfuncitem.funcargs.get("loop_kind", "asyncio")
-    kwargs: dict[str, Any] = {
-        name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames
-    }
-    if kind == "uvloop":
-        if uvloop is None:
-            pytest.fail("uvloop is not installed: pip install -e '.[test]'")
-        uvloop.run(func(**kwargs))
-    else:
-        asyncio.run(func(**kwargs))
-    return True
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -54,7 +54,6 @@ import time
 from collections import deque
 from typing import Any, Final
 
-from websockets.exceptions import ConcurrencyError
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, OPEN, Protocol
 
@@ -780,8 +779,8 @@ class Connection:
         Raises:
             TimeoutError: no pong within ``timeout``.
             ConnectionResetError: the connection is closed, or closed first.
-            websockets.exceptions.ConcurrencyError: a ping with this payload
-                is still waiting for its pong.
+            ValueError: a ping with this payload is still waiting for its pong
+                (the engine's error, as on every shell).
         """
         budget = Budget(timeout)
         done = threading.Event()
@@ -794,8 +793,6 @@ class Connection:
         with self._lock:
             try:
                 sent = self.engine.ping(payload, time.monotonic(), waiter)
-            except ValueError as exc:
-                raise ConcurrencyError(str(exc)) from None
             except ConnectionResetError:
                 raise ConnectionResetError(
                     "cannot ping: the WebSocket connection is closing or closed"

@@ -449,8 +449,8 @@ class WsSocket:
             TimeoutError: no pong within ``timeout`` (default: ``ping_timeout``,
                 else 20 s).
             ConnectionResetError: the connection is closed or closed first.
-            websockets.exceptions.ConcurrencyError: a ping with the same
-                ``data`` is still waiting for its pong.
+            ValueError: a ping with the same ``data`` is still waiting for
+                its pong.
             OSError: the socket is closed (EBADF).
         """
         if self._closed:

@@ -282,14 +282,17 @@ class ServerHandshake:
             return True
         return False
 
-    def respond(self) -> bool:
-        """Answer the request (upgrade, or the hook's / websockets' refusal); True if OPEN."""
+    def respond(self, response: Response | None = None) -> bool:
+        """Answer the request (upgrade, or the hook's / websockets' refusal); True if OPEN.
+
+        ``response``: the answer a shell's own (async) hook chose instead of the
+        ``process_request`` given here.
+        """
         protocol = self.protocol
         request = self.request
         if request is None:
             return False
-        response: Response | None = None
-        if self._process_request is not None:
+        if response is None and self._process_request is not None:
             response = self._process_request(protocol, request)
         if response is None:
             response = protocol.accept(request)

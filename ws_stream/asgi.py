@@ -186,10 +186,10 @@ class TunnelApp:
     ) -> None:
         import argparse
 
-        from .cli.args import _target
+        from .cli.args import parse_target
 
         try:
-            self.target = _target(target)
+            self.target = parse_target(target)
         except argparse.ArgumentTypeError as exc:
             raise ValueError(str(exc)) from None
         self.origins = None if origins is None else list(origins)

@@ -90,7 +90,7 @@ def test_serve_pings_at_its_interval_and_closes_1011_without_a_pong(
     first_ping, code, reason = run(body(), timeout=20)
     assert first_ping < 4  # a generous bound: the default interval (20 s) would fail this
     assert (code, reason) == (1011, "keepalive ping timeout")
-    server.wait_for(r"closed after .*close code sent 1011", timeout=10)
+    server.wait_for(r"connection closed: .*close_sent=1011", timeout=10)
 
 
 @pytest.mark.parametrize("sub", ["cat", "forward"])

@@ -39,9 +39,9 @@ def test_echo_and_cat_round_trip_8_mib(cli: Start) -> None:
     assert len(result.stdout) == len(data)
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
     assert result.stderr == b""  # cat logs warnings only by default
-    line = serve.wait_for(r"closed after [\d.]+ s: received (\d+) bytes, sent (\d+) bytes")
+    line = serve.wait_for(r"connection closed: .* received=(\d+) sent=(\d+)")
     assert line.groups() == (str(len(data)), str(len(data)))
-    assert "close code sent 1000, received 1000" in line.string
+    assert "close_sent=1000 close_received=1000" in line.string
 
 
 def test_cat_reads_and_writes_regular_files(cli: Start, tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_unreachable_target_closes_with_1014_and_a_clear_log(cli: Start) -> None
     run(main())
     line = serve.wait_for("cannot connect to the target")
     assert f"cannot connect to the target 127.0.0.1:{target}: " in line.string
-    assert "close code sent 1014" in line.string
+    assert "close_sent=1014" in line.string
     assert "Traceback" not in serve.stderr
     result = run_cli("cat", f"ws://127.0.0.1:{port}/")
     assert result.returncode == 1
@@ -147,7 +147,7 @@ def test_sigterm_closes_with_1001_and_exits_0(cli: Start) -> None:
 
     run(main())
     assert serve.wait(10) == 0
-    assert serve.stderr.count("close code sent 1001, received 1001") == 3
+    assert serve.stderr.count("close_sent=1001 close_received=1001") == 3
 
 
 def test_sigterm_with_a_client_that_never_answers_exits_within_the_close_timeout(
@@ -170,7 +170,7 @@ def test_sigterm_with_a_client_that_never_answers_exits_within_the_close_timeout
 
     elapsed = run(main())
     assert elapsed < close_timeout + 5  # generous: the bound is close_timeout (+ 1.5 s)
-    assert "close code sent 1001, received 1006" in serve.stderr
+    assert "close_sent=1001 close_received=1006" in serve.stderr
 
 
 def test_a_second_signal_drops_everything_at_once(cli: Start) -> None:

@@ -150,7 +150,7 @@ def test_tls_target_verified_with_cafile_round_trips_with_checksums(
                 "certificate verified for 127.0.0.1"
             ) in serve.lines[0]
             await _round_trips(f"ws://127.0.0.1:{ws_port}/", tunnels=4, size=4 * 2**20)
-            await asyncio.to_thread(serve.wait_for, "closed after", count=4)
+            await asyncio.to_thread(serve.wait_for, "connection closed:", count=4)
             assert "warning" not in serve.stderr
         finally:
             await target.close()
@@ -177,8 +177,10 @@ def test_a_certificate_from_an_untrusted_ca_is_refused_with_1014(
                 ws_port = await asyncio.to_thread(serve.port)
                 await _refused(f"ws://127.0.0.1:{ws_port}/")
                 line = await asyncio.to_thread(serve.wait_for, "certificate was refused")
-                assert line.string.startswith("ws-stream serve: warning: 127.0.0.1:")
-                assert "close code sent 1014" in line.string
+                assert line.string.startswith(
+                    "ws-stream serve: warning: connection closed: peer=127.0.0.1:"
+                )
+                assert "close_sent=1014" in line.string
                 assert (
                     f"cannot connect to the target 127.0.0.1:{port}: its TLS certificate was "
                     "refused: unable to get local issuer certificate "

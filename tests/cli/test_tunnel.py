@@ -21,6 +21,8 @@ from ws_stream.events import Closed, CloseReceived
 from .helpers import Cli, free_port, run, start_tcp_echo
 
 Start = Callable[..., Cli]
+#: How forward and serve log a clean end (the end of a connection's line).
+CLEAN_END = r"close code sent 1000, received 1000|close_sent=1000 close_received=1000"
 
 
 def start_tunnel(cli: Start, target_port: int, *forward_args: str) -> tuple[Cli, Cli, int]:
@@ -58,9 +60,7 @@ def test_200_concurrent_tunnels(cli: Start) -> None:
             assert all(results)
             assert len(accepted) == count
             for proc in (serve, forward):
-                await asyncio.to_thread(
-                    proc.wait_for, "close code sent 1000, received 1000", 20, count
-                )
+                await asyncio.to_thread(proc.wait_for, CLEAN_END, 20, count)
 
     run(main(), timeout=60)
 
@@ -109,7 +109,7 @@ def test_http_through_forward_and_serve(cli: Start, http_port: int) -> None:
     with opener.open(urllib.request.Request(f"{base}/upload", data=body), timeout=20) as response:
         assert response.read() == hashlib.sha256(body).hexdigest().encode()
     # Each request: the target's close ended the WebSocket with 1000, without waiting.
-    serve.wait_for("close code sent 1000, received 1000", count=4)
+    serve.wait_for("close_sent=1000 close_received=1000", count=4)
     assert "Traceback" not in serve.stderr + forward.stderr
 
 

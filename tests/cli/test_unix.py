@@ -120,7 +120,7 @@ def test_serve_unix_with_mode_echoes_and_removes_its_socket(
         return digest
 
     assert run(body()) == DIGEST
-    server.wait_for(r"unix-client#1: closed after .*close code sent 1000, received 1000")
+    server.wait_for(r"connection closed: peer=unix-client#1 .*close_sent=1000 close_received=1000")
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     assert not path.exists()
@@ -187,7 +187,7 @@ def test_serve_to_a_missing_unix_target_closes_1014(
 
     assert run(body()) == 1014
     server.wait_for(
-        rf"close code sent 1014, .*cannot connect to the target unix:{missing}: "
+        rf"close_sent=1014 .*cannot connect to the target unix:{missing}: "
         r".*No such file or directory"
     )
 

@@ -1,7 +1,7 @@
 """``serve --workers N``: N processes on one port, stopped, counted and limited as one.
 
 Which worker served a connection is read from the worker's own log lines
-(``ws-stream serve worker I: PEER: connected`` with ``-v``, ``... closed after``
+(``ws-stream serve worker I: PEER: connected`` with ``-v``, ``... connection closed:``
 by default): each line names the worker, and its peer address names the
 client's connection, which the test knows. The workers' pids come from the
 first line (``...; 2 workers, pids A, B)``).
@@ -40,7 +40,7 @@ FIRST_LINE = re.compile(
     r"\((.*); (\d+) workers, pids ([\d, ]+)\)$"
 )
 CONNECTED = r"ws-stream serve worker (\d+): 127\.0\.0\.1:(\d+): connected"
-CLOSED = re.compile(r"^ws-stream serve worker (\d+): 127\.0\.0\.1:(\d+): closed after ")
+CLOSED = re.compile(r"^ws-stream serve worker (\d+): connection closed: peer=127\.0\.0\.1:(\d+) ")
 
 
 def _start(cli: Start, *args: str) -> tuple[Cli, int, list[int]]:
@@ -138,7 +138,7 @@ def test_one_signal_to_the_parent_stops_every_worker_with_1001_and_exit_0(
 
     run(main())
     assert serve.wait(15) == 0
-    assert serve.stderr.count("close code sent 1001, received 1001") == 24
+    assert serve.stderr.count("close_sent=1001 close_received=1001") == 24
     for index in (1, 2):  # each worker heard the signal once
         assert serve.stderr.count(f"worker {index}: stopping: closing every connection") == 1
     assert "second signal" not in serve.stderr

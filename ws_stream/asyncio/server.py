@@ -133,6 +133,8 @@ class _Handshaking(asyncio.Protocol):
         self.connection: ServerConnection | None = None
         self.handshake: ServerHandshake | None = None
         self.timer: asyncio.TimerHandle | None = None
+        #: An async ``process_request`` under way.
+        self.pending: asyncio.Future[Response | None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
@@ -144,7 +146,6 @@ class _Handshaking(asyncio.Protocol):
             origins=server._origins,
             subprotocols=server._subprotocols,
             select_subprotocol=_selector(server._select, connection),
-            process_request=self._process,
             server_header=server._server_header,
         )
         connection.protocol = self.handshake.protocol
@@ -152,46 +153,89 @@ class _Handshaking(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(opts.open_timeout, connection.transport.abort)
 
-    def _process(self, protocol: ServerProtocol, request: Request) -> Response | None:
-        if self.server._closing:
-            return protocol.reject(503, "The server is shutting down.\n")
-        hook = self.server._process_request
-        return hook(self.connection, request) if hook is not None else None
-
     def data_received(self, data: bytes) -> None:
         handshake = self.handshake
         assert handshake is not None and self.connection is not None
-        if handshake.response is not None:
-            return  # a refused client that keeps sending
+        if handshake.response is not None or self.pending is not None:
+            return  # a refused client that keeps sending (reading is paused while pending)
         if handshake.receive_data(data):
             self._respond()
 
     def eof_received(self) -> bool:
-        if self.handshake is not None and self.handshake.response is None:
+        if self.handshake is not None and self.handshake.response is None and not self.pending:
             self.handshake.receive_eof()
             self._respond()
         return False
 
     def _respond(self) -> None:
+        """The request is read (or the handshake failed): ask the hook, then answer."""
+        handshake = self.handshake
+        connection = self.connection
+        assert handshake is not None and connection is not None
+        request = handshake.request
+        hook = self.server._process_request
+        if handshake.failed or request is None:
+            self._answer(None)
+        elif self.server._closing:
+            self._answer(handshake.protocol.reject(503, "The server is shutting down.\n"))
+        elif hook is None:
+            self._answer(None)
+        else:
+            try:
+                result = hook(connection, request)
+            except Exception as exc:
+                self._hook_failed(exc)
+                return
+            if not inspect.isawaitable(result):
+                self._answer(result)
+                return
+            # An async hook: the request waits (reading paused, the handshake's
+            # open_timeout still running) until it answers.
+            connection.transport.pause_reading()
+            self.pending = asyncio.ensure_future(result)
+            self.pending.add_done_callback(self._processed)
+
+    def _processed(self, pending: asyncio.Future[Response | None]) -> None:
+        self.pending = None
+        if pending.cancelled() or self.connection is None:
+            return
+        exc = pending.exception()
+        if exc is not None:
+            self._hook_failed(exc)
+            return
+        self.connection.transport.resume_reading()
+        self._answer(pending.result())
+
+    def _hook_failed(self, exc: BaseException) -> None:
+        assert self.connection is not None
+        logger.error("the handshake hooks failed; answering 500", exc_info=exc)
+        self.connection.transport.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        self._stop_timer()
+        self.connection.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _answer(self, response: Response | None) -> None:
+        """Send ``response`` (None: websockets' own answer: the upgrade or its refusal)."""
         handshake = self.handshake
         connection = self.connection
         assert handshake is not None and connection is not None
         transport = connection.transport
         try:
-            opened = not handshake.failed and handshake.respond()
-        except Exception:
-            logger.exception("the handshake hooks failed; answering 500")
-            opened = False
-            transport.write(
-                b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-                b"Content-Length: 0\r\n\r\n"
-            )
+            opened = not handshake.failed and handshake.respond(response)
+        except Exception as exc:
+            self._hook_failed(exc)
+            return
         for data in handshake.data_to_send():
             if data:
                 transport.write(data)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         if not opened:
             transport.close()
             return
@@ -200,19 +244,23 @@ class _Handshaking(asyncio.Protocol):
             "subprotocol": result.protocol.subprotocol,
             "request": result.request,
             "response": result.response,
+            "connection": connection,
         }
         stream = WsStream._over(
             transport, result.protocol, self.server._options, extra, received=result.received
         )
         connection.stream = stream
         # The stream owns the TCP transport now: this protocol is done. (Dropping
-        # the handshake breaks its cycle with _process: freed without the GC.)
+        # the handshake breaks its cycle with the hooks: freed without the GC.)
         self.handshake = None
         self.server._start(connection, stream)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
         connection = self.connection
         if connection is not None and connection.stream is None:
             self.server._finished(connection)
@@ -290,6 +338,7 @@ class Server:
             self._finished(connection)
 
     def _finished(self, connection: ServerConnection) -> None:
+        connection.stream = None  # its cycle with the stream's extra info ("connection")
         self._connections.discard(connection)
         connection._finish()
         if self._closing and not self._connections and not self._closed.done():
@@ -364,7 +413,9 @@ async def start_server(
     ``limit``, ``compression``, ``on_text``, ``max_events``) plus ``ssl``,
     ``sock``, ``origins``, ``subprotocols``, ``select_subprotocol(connection,
     offered)``, ``process_request(connection, request)`` (return
-    ``connection.respond(status, text)`` to refuse, or None), ``server_header``
+    ``connection.respond(status, text)`` - or any websockets ``Response`` - to
+    answer instead of upgrading, or None; it may be a coroutine function: the
+    request then waits for it, within ``open_timeout``), ``server_header``
     and asyncio's ``reuse_port``, ``reuse_address``, ``backlog``, ``family``.
 
     Returns a :class:`Server`: an async context manager with ``close()``,

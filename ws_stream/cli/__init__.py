@@ -1,4 +1,4 @@
-"""The ``ws-stream`` command: ``serve``, ``forward`` and ``cat``.
+"""The ``ws-stream`` command: ``serve``, ``forward``, ``cat`` (and ``passwd``).
 
 ``serve`` accepts WebSockets and echoes them, or bridges each one to a new TCP
 connection to a target fixed on the command line. ``forward`` is the client
@@ -16,6 +16,8 @@ This package exposes the entry points only: :func:`main` (the
 * :mod:`.endpoints`: the local side of a tunnel (TCP, stdin/stdout);
 * :mod:`.tunnel`: the I/O driver of one tunnel, which feeds the rules;
 * :mod:`.serve`: the ``serve`` sub-command;
+* :mod:`.gateway`: ``serve``'s authentication, named targets and web files;
+* :mod:`.passwd`: ``ws-stream passwd``, the hashes of ``--basic-auth-file``;
 * :mod:`.workers`: ``serve --workers N``, N processes on one port;
 * :mod:`.client`: ``forward``, ``cat`` and the dialer;
 * :mod:`.lifecycle`: signals, shutdown, the registry of live sessions, exit
@@ -56,9 +58,17 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from .args import Config, ForwardConfig, ServeConfig, build_parser, parse_config
+from .args import (
+    ClientConfig,
+    ForwardConfig,
+    PasswdConfig,
+    ServeConfig,
+    build_parser,
+    parse_config,
+)
 from .client import cat, forward
 from .lifecycle import EXIT_ERROR, EXIT_OK, reserve_stdio
+from .passwd import passwd
 from .report import configure_logging
 from .serve import serve
 from .tuning import tune_malloc
@@ -74,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     reserve_stdio()
     config = parse_config(argv)
+    if isinstance(config, PasswdConfig):
+        return passwd(config)
     tune_malloc()  # before any worker is forked
     # cat stays out of the way (an SSH ProxyCommand): warnings and errors only.
     default_level = logging.WARNING if config.command == "cat" else logging.INFO
@@ -86,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-async def _run(config: Config) -> int:
+async def _run(config: ServeConfig | ClientConfig) -> int:
     try:
         if isinstance(config, ServeConfig):
             return await serve(config)

@@ -44,12 +44,14 @@ __all__ = [
     "Config",
     "ForwardConfig",
     "HostPort",
+    "PasswdConfig",
     "ServeConfig",
     "TargetTls",
     "UnixAddress",
     "build_parser",
     "config_from_args",
     "parse_config",
+    "parse_target",
     "workers_problem",
 ]
 
@@ -135,6 +137,15 @@ class ServeConfig(CommonConfig):
     target_tls: TargetTls | None = None
     #: ``--workers``: processes sharing the port (:mod:`.workers`); 1: this process alone.
     workers: int = 1
+    #: ``--targets``: the file (or directory) of named targets; None: ``--to`` or the echo.
+    targets: str | None = None
+    #: ``--web``: the directory of web files; None: plain HTTP requests get 426.
+    web: str | None = None
+    #: ``--bearer-file``, ``--basic-auth-file``: credentials files; None: not required.
+    bearer_file: str | None = None
+    basic_auth_file: str | None = None
+    #: ``--client-ca``: the CAs of required TLS client certificates; None: none asked.
+    client_ca: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,7 +198,15 @@ class ForwardConfig(ClientConfig):
     mode: int | None = None
 
 
-Config = ServeConfig | ClientConfig
+@dataclass(frozen=True, kw_only=True)
+class PasswdConfig:
+    """``ws-stream passwd USER``."""
+
+    user: str
+    command: Literal["passwd"] = "passwd"
+
+
+Config = ServeConfig | ClientConfig | PasswdConfig
 
 
 # Argument types: each raises ArgumentTypeError with a message that says what
@@ -224,7 +243,12 @@ def _split_host_port(text: str, default_host: str | None) -> HostPort:
     return HostPort(host, _port(port_text))
 
 
-def _target(text: str) -> HostPort | UnixAddress:
+def parse_target(text: str) -> HostPort | UnixAddress:
+    """A target address: ``HOST:PORT`` (port not 0) or ``unix:PATH``.
+
+    Raises:
+        argparse.ArgumentTypeError: it is neither (the message says why).
+    """
     if text.startswith("unix:"):
         return _unix_path(text[5:], text)
     address = _split_host_port(text, None)
@@ -445,6 +469,17 @@ def _is_ip(text: str, version: int) -> bool:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _basic_user(text: str) -> str:
+    from .gateway.access import valid_user
+
+    if not valid_user(text):
+        raise argparse.ArgumentTypeError(
+            f"a user name is 1-128 characters without a colon, spaces or control "
+            f"characters, got {text!r}"
+        )
+    return text
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -777,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--to",
-        type=_target,
+        type=parse_target,
         metavar="HOST:PORT|unix:PATH",
         help="bridge every connection to this target: a TCP address or a Unix socket "
         "(default: echo)",
@@ -838,6 +873,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N processes sharing the listening port (SO_REUSEPORT, Linux only); "
         "signals, --stats and --max-connections cover all of them (1-256; default: 1)",
     )
+    gateway = serve.add_argument_group(
+        "gateway (authentication, named targets, web files; see below)"
+    )
+    gateway.add_argument(
+        "--targets",
+        metavar="FILE|DIR",
+        help="bridge each connection to the target it names (last path segment, or "
+        "?token=NAME) among the lines `NAME: HOST:PORT` / `NAME: unix:/path` of FILE "
+        "(websockify's token-file format; a DIR: all its files); unknown names get 404; "
+        "read again when it changes; instead of --to",
+    )
+    gateway.add_argument(
+        "--web",
+        metavar="DIR",
+        help="answer plain HTTP GET/HEAD requests on the same port with the files of DIR "
+        "(index.html for directories, no listings, nothing outside DIR)",
+    )
+    gateway.add_argument(
+        "--bearer-file",
+        metavar="FILE",
+        help="require a bearer token listed in FILE (one `TOKEN [LABEL]` per line): "
+        "`Authorization: Bearer TOKEN`, ?token=TOKEN or its cookie; 401 otherwise; "
+        "read again when it changes",
+    )
+    gateway.add_argument(
+        "--basic-auth-file",
+        metavar="FILE",
+        help="require HTTP Basic credentials of a `USER:HASH` line of FILE (hashes from "
+        "`ws-stream passwd USER`; plain-text passwords are refused); 401 otherwise",
+    )
+    gateway.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="with --cert: require TLS client certificates signed by the CAs in FILE "
+        "(PEM); the log names each certificate's subject",
+    )
     serve.set_defaults(parser=serve)
 
     forward = commands.add_parser(
@@ -892,6 +963,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cat.add_argument("uri", type=_ws_uri, metavar="URI", help="ws:// or wss:// URI")
     cat.set_defaults(parser=cat)
+
+    passwd = commands.add_parser(
+        "passwd",
+        help="print a `USER:HASH` line for serve --basic-auth-file",
+        description="Read a password (a prompt on a terminal, else the first line of stdin) "
+        "and print `USER:HASH` (scrypt) for serve --basic-auth-file.",
+    )
+    passwd.add_argument("user", type=_basic_user, metavar="USER", help="the user name")
+    passwd.set_defaults(parser=passwd)
     return parser
 
 
@@ -914,6 +994,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     Errors exit 2 through the sub-command's parser.
     """
     parser: argparse.ArgumentParser = args.parser
+    if args.command == "passwd":
+        return PasswdConfig(user=args.user)
     common: dict[str, Any] = {
         "command": args.command,
         "verbose": args.verbose,
@@ -960,11 +1042,24 @@ def _serve_config(
             problem = _unreadable(path)
             if problem is not None:
                 parser.error(f"{option}: cannot read {path}: {problem}")
+    if args.to is not None and args.targets is not None:
+        parser.error(
+            "--to and --targets exclude each other: one target for every connection, "
+            "or the target each connection names"
+        )
+    if args.client_ca is not None:
+        if args.cert is None:
+            parser.error("--client-ca needs TLS: --cert FILE --key FILE")
+        try:
+            ssl.create_default_context(cafile=args.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            parser.error(f"--client-ca: cannot load CA certificates from {args.client_ca}: "
+                         f"{describe(exc)} (a PEM file is expected)")
     target_tls = _target_tls(args, parser)
     problem = workers_problem(args.workers, unix=args.unix is not None)
     if problem is not None:
         parser.error(problem)
-    return ServeConfig(
+    config = ServeConfig(
         **common,
         host=_SERVE_HOST if args.host is None else args.host,
         port=_SERVE_PORT if args.port is None else args.port,
@@ -979,7 +1074,18 @@ def _serve_config(
         mode=args.mode,
         target_tls=target_tls,
         workers=args.workers,
+        targets=args.targets,
+        web=args.web,
+        bearer_file=args.bearer_file,
+        basic_auth_file=args.basic_auth_file,
+        client_ca=args.client_ca,
     )
+    from .gateway import check_files
+
+    problem = check_files(config)
+    if problem is not None:
+        parser.error(problem)
+    return config
 
 
 def _target_tls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TargetTls | None:

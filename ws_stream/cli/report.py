@@ -27,7 +27,9 @@ __all__ = [
     "addr",
     "configure_logging",
     "describe",
+    "fields",
     "human",
+    "log_connection",
     "log_end",
     "stats_output",
 ]
@@ -92,6 +94,21 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def fields(**values: object) -> str:
+    """``key=value`` pairs for a log line that tools can parse.
+
+    A value with spaces, quotes, ``=`` or nothing at all is written in double
+    quotes, with ``"`` and ``\\`` escaped; None is ``-``.
+    """
+    parts = []
+    for key, value in values.items():
+        text = "-" if value is None else str(value)
+        if not text or any(c in text for c in ' "=\\\t\n'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
 def log_end(who: str, stream: WsStream, duration: float, error: str | None) -> None:
     """The line that ends a connection: info when it ended cleanly, a warning with ``error``."""
     sent = stream.close_code_sent
@@ -108,6 +125,43 @@ def log_end(who: str, stream: WsStream, duration: float, error: str | None) -> N
         sent_code,
         stream.close_code,
         "" if error is None else f"; {error}",
+    )
+
+
+def log_connection(
+    peer: str,
+    stream: WsStream,
+    duration: float,
+    error: str | None,
+    *,
+    target: str,
+    identity: str | None = None,
+    cert: str | None = None,
+) -> None:
+    """``serve``'s line that ends a connection, as ``key=value`` fields (:func:`fields`).
+
+    Who (``peer``, ``identity``: the bearer token's label or the Basic user,
+    ``cert``: the client certificate's subject with ``--client-ca``), where
+    (``target``: its name, its address, or ``echo``), how long, the bytes both
+    ways and the close codes; ``error`` when it failed (then a warning).
+    """
+    extra: dict[str, object] = {} if cert is None else {"cert": cert}
+    if error is not None:
+        extra["error"] = error
+    logger.log(
+        logging.INFO if error is None else logging.WARNING,
+        "connection closed: %s",
+        fields(
+            peer=peer,
+            target=target,
+            identity=identity,
+            duration=f"{duration:.2f}s",
+            received=stream.bytes_received,
+            sent=stream.bytes_sent,
+            close_sent=stream.close_code_sent,
+            close_received=stream.close_code,
+            **extra,
+        ),
     )
 
 

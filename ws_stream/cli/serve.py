@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -35,8 +36,9 @@ from ..asyncio import WsStream, start_server, start_unix_server
 from ..asyncio.server import ServerConnection
 from .args import HostPort, ServeConfig, TargetTls, UnixAddress
 from .endpoints import TcpEndpoint, open_tcp, open_unix
+from .gateway import Admission, Gateway
 from .lifecycle import EXIT_ERROR, Sessions, Shutdown, Stopped, unless_stopped, until_shutdown
-from .report import addr, describe, log_end
+from .report import addr, describe, log_connection
 from .rules import CLEAN_CODES, SHUTDOWN
 from .tuning import FRAME_SIZE
 from .tunnel import WS_READ, Tunnel, watch_eof_marker
@@ -46,6 +48,8 @@ __all__ = ["ConnectionLimit", "WorkerHooks", "serve", "target_failure"]
 
 logger = logging.getLogger(__name__)
 
+#: A connection without gateway options: ``serve``'s own target, nobody named.
+_NO_GATEWAY = Admission(None, None, None, None)
 #: What the client offers as the subprotocol of a byte stream (noVNC, websockify).
 _BINARY = "binary"
 #: Longest wait for the TCP connection to the target of ``serve --to``.
@@ -135,9 +139,24 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
         limit.release()
         releases.discard(task)
 
+    gateway = Gateway(config)
+    admitted: weakref.WeakKeyDictionary[ServerConnection, Admission] = weakref.WeakKeyDictionary()
+
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if config.path is not None and urlsplit(request.path).path != config.path:
             return connection.respond(404, "Not Found\n")
+        return take_place(connection)
+
+    async def process_gateway(connection: ServerConnection, request: Request) -> Response | None:
+        peer = addr(connection.remote_address) or unix_peer()
+        peercert = connection.transport.get_extra_info("peercert")
+        decision = await gateway.admit(peer, request, peercert)
+        if not isinstance(decision, Admission):
+            return decision
+        admitted[connection] = decision
+        return take_place(connection)
+
+    def take_place(connection: ServerConnection) -> Response | None:
         if limit is not None:
             if not limit.acquire():
                 logger.warning(
@@ -153,30 +172,38 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream: WsStream = writer.get_extra_info("ws_stream")
+        admission = admitted.pop(writer.get_extra_info("connection"), _NO_GATEWAY)
+        to = target if admission.target is None else admission.target
         peer = addr(writer.get_extra_info("peername")) or unix_peer()
         started = loop.time()
         with sessions.session() as slot:
             sessions.attach(slot, stream)
             logger.debug("%s: connected (subprotocol %s)", peer, stream.subprotocol)
             try:
-                if target is None:
+                if to is None:
                     error = await _echo(stream, slot.stop)
                 else:
-                    error = await _bridge(
-                        stream, slot.stop, target, close_timeout, config.target_tls
-                    )
+                    error = await _bridge(stream, slot.stop, to, close_timeout, config.target_tls)
             except Exception:
                 logger.exception("%s: internal error", peer)
                 await stream.close(1011, "internal error")
                 error = "internal error"
-        log_end(peer, stream, loop.time() - started, error)
+        log_connection(
+            peer,
+            stream,
+            loop.time() - started,
+            error,
+            target=admission.name or ("echo" if to is None else addr(to)),
+            identity=admission.identity,
+            cert=admission.cert,
+        )
 
     origins: list[str | None] | None = [*config.origins, None] if config.origins else None
     options: dict[str, Any] = {
         "ssl": context,
         "origins": origins,
         "select_subprotocol": _subprotocol_selector(accepted),
-        "process_request": process_request,
+        "process_request": process_gateway if gateway.enabled else process_request,
         "close_timeout": close_timeout,
         "max_frame_size": FRAME_SIZE,
         "ping_interval": config.ping_interval,
@@ -201,6 +228,18 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
     scheme = "wss" if context is not None else "ws"
     path = config.path or "/"
     what = "echo" if target is None else f"bridging every connection to {addr(target)}"
+    if config.targets is not None:
+        what = f"bridging each connection to the target it names in {config.targets}"
+    what += "".join(
+        f"; {label}"
+        for option, label in (
+            (config.bearer_file, "bearer tokens required"),
+            (config.basic_auth_file, "Basic authentication required"),
+            (config.client_ca, "client certificates required"),
+            (config.web, f"web files from {config.web}"),
+        )
+        if option is not None
+    )
     if config.target_tls is not None:
         what += f" over TLS, certificate verified for {config.target_tls.server_name}"
     if listener is not None:
@@ -233,6 +272,7 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
                 shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
             )
     finally:
+        gateway.close()
         if listener is not None:
             listener.remove()
 
@@ -242,6 +282,9 @@ def _server_ssl(config: ServeConfig) -> ssl.SSLContext | None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(config.cert, config.key)
+    if config.client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=config.client_ca)
     return context
 
 

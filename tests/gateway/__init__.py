@@ -1,0 +1,1 @@
+"""ws-stream serve as a gateway: authentication, named targets, web files, noVNC."""

@@ -1,0 +1,544 @@
+"""The yamux protocol as a pure state machine: bytes in, events and bytes out.
+
+No I/O, no clock, no locks: a shell (:mod:`ws_stream.mux.asyncio`) feeds it the
+bytes it reads (:meth:`Machine.receive_data`), takes the bytes to write
+(:meth:`Machine.data_to_send`) and the :class:`Event` list
+(:meth:`Machine.events`), and calls its commands (open, send, consumed,
+close, reset, ping, go away). Everything yamux decides is decided here, once,
+and tested by feeding bytes (``tests/mux/test_machine.py``).
+
+The wire format is HashiCorp's yamux specification (version 0): a 12-byte
+header - version (1 byte), type (1), flags (2), stream id (4), length (4),
+big-endian - then, for a Data frame, ``length`` bytes of payload.
+
+* **Types**: Data (0), Window Update (1), Ping (2), Go Away (3). **Flags**:
+  SYN (1) opens a stream, ACK (2) accepts it (or answers a ping), FIN (4)
+  half-closes it, RST (8) resets it.
+* **Stream ids**: the client opens odd ids, the server even ones, each
+  larger than the last; 0 is the session (ping, go away).
+* **Flow control**: each direction of each stream has a window, 256 KiB at
+  first. A sender sends at most the window; the receiver grows it again with
+  Window Update frames (the length is the delta) as its application reads.
+  This machine sends an update once half of its window is read, so a reader
+  that does not read makes its peer stop after at most one window: per
+  stream, memory is bounded by the window, and a stalled stream never holds
+  the others back.
+
+Decided here too:
+
+* **Limits.** ``max_streams`` open streams (a SYN beyond it is answered with
+  RST; :meth:`Machine.open_stream` raises :class:`MuxError`), ``backlog``
+  streams opened by the peer and not yet taken by the application (beyond:
+  RST), ``window`` (the receive window this side grants, at least 256 KiB).
+* **Protocol errors** (the session fails: Go Away with code 1, every stream
+  reset, :class:`SessionFailed`): an unknown version or type, a SYN with the
+  wrong parity or an id already used, data beyond the receive window, data
+  after the peer's FIN, a window that overflows 2**32 - 1, a Data frame on
+  stream 0, a ping or go away on a stream, a frame for an id never opened.
+  Frames for a stream closed or reset lately (its id was used) are ignored:
+  they may have been in flight.
+* **Go Away.** Received: no new streams may be opened (existing ones go on;
+  :class:`GoneAway`); sent: the peer's new SYNs are answered with RST.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final, NamedTuple
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "HEADER",
+    "Acked",
+    "Data",
+    "Eof",
+    "Event",
+    "Flag",
+    "GoAwayCode",
+    "GoneAway",
+    "Machine",
+    "MuxError",
+    "Opened",
+    "Pinged",
+    "Pong",
+    "Reset",
+    "SessionFailed",
+    "Type",
+    "Writable",
+    "header",
+]
+
+#: The header: version, type, flags, stream id, length.
+HEADER: Final = struct.Struct(">BBHII")
+#: The spec's initial window, both ways, of every stream.
+DEFAULT_WINDOW: Final = 256 * 1024
+#: Largest payload of one Data frame this side sends.
+MAX_FRAME: Final = 64 * 1024
+_MAX_U32: Final = 2**32 - 1
+_VERSION: Final = 0
+
+
+class Type(enum.IntEnum):
+    """Frame types."""
+
+    DATA = 0
+    WINDOW_UPDATE = 1
+    PING = 2
+    GO_AWAY = 3
+
+
+class Flag(enum.IntFlag):
+    """Frame flags."""
+
+    SYN = 1
+    ACK = 2
+    FIN = 4
+    RST = 8
+
+
+class GoAwayCode(enum.IntEnum):
+    """Go Away's length field."""
+
+    NORMAL = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+
+
+class MuxError(Exception):
+    """A command the session cannot carry out (what happened, and what to do)."""
+
+
+def header(type_: int, flags: int, stream: int, length: int) -> bytes:
+    """One frame header."""
+    return HEADER.pack(_VERSION, type_, flags, stream, length)
+
+
+# Events
+
+
+class Opened(NamedTuple):
+    """The peer opened ``stream`` (already accepted: an ACK is sent)."""
+
+    stream: int
+
+
+class Acked(NamedTuple):
+    """The peer accepted ``stream``, which this side opened."""
+
+    stream: int
+
+
+class Data(NamedTuple):
+    """Bytes on ``stream``; :meth:`Machine.consumed` once the application has them."""
+
+    stream: int
+    data: bytes
+
+
+class Eof(NamedTuple):
+    """The peer half-closed ``stream`` (FIN): no more data comes."""
+
+    stream: int
+
+
+class Reset(NamedTuple):
+    """``stream`` was reset: by the peer (also its refusal of a SYN), or by this side."""
+
+    stream: int
+    by_peer: bool = True
+
+
+class Writable(NamedTuple):
+    """``stream``'s send window grew: writers that waited may go on."""
+
+    stream: int
+
+
+class Pinged(NamedTuple):
+    """The peer pinged (answered already)."""
+
+    opaque: int
+
+
+class Pong(NamedTuple):
+    """The answer to this side's ping ``opaque``."""
+
+    opaque: int
+
+
+class GoneAway(NamedTuple):
+    """The peer sent Go Away: no new streams; ``code`` is its reason."""
+
+    code: int
+
+
+class SessionFailed(NamedTuple):
+    """The session is over: every stream is reset. ``by_peer``: the peer's Go Away said so."""
+
+    code: int
+    reason: str
+    by_peer: bool = False
+
+
+Event = Opened | Acked | Data | Eof | Reset | Writable | Pinged | Pong | GoneAway | SessionFailed
+
+
+class _Stream:
+    """One stream's state."""
+
+    __slots__ = ("acked", "grant", "local_fin", "recv_window", "remote_fin", "send_window", "taken")
+
+    def __init__(self, send_window: int, recv_window: int, *, acked: bool, taken: bool) -> None:
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.grant = 0  # bytes the application read, not yet granted back
+        self.local_fin = False
+        self.remote_fin = False
+        self.acked = acked
+        self.taken = taken
+
+
+class Machine:
+    """One yamux session's protocol state (see the module docstring).
+
+    ``client``: this side opens odd stream ids. ``window``: the receive window
+    granted to each stream (at least 256 KiB; larger windows are granted with
+    the SYN or ACK). ``max_streams``: open streams at most; ``backlog``: streams
+    the peer opened and the application has not taken (:meth:`take`).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        window: int = DEFAULT_WINDOW,
+        max_streams: int = 1024,
+        backlog: int = 256,
+    ) -> None:
+        if not DEFAULT_WINDOW <= window <= _MAX_U32:
+            raise ValueError(f"window must be {DEFAULT_WINDOW} to {_MAX_U32} bytes, got {window}")
+        if max_streams < 1 or backlog < 1:
+            raise ValueError("max_streams and backlog must be at least 1")
+        self.client = client
+        self.window = window
+        self.max_streams = max_streams
+        self.backlog = backlog
+        self.streams: dict[int, _Stream] = {}
+        self._next_id = 1 if client else 2
+        self._peer_max_id = 0  # the largest id the peer opened
+        self._pending = 0  # opened by the peer, not yet taken
+        self._out: list[bytes | memoryview] = []
+        self._events: list[Event] = []
+        self._buffer = bytearray()
+        self._frame: tuple[int, int, int, int] | None = None  # a Data header awaiting payload
+        self._ping_id = 0
+        self.local_go_away = False
+        self.remote_go_away = False
+        self.failed: SessionFailed | None = None
+
+    # Input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the peer; then read :meth:`events` and :meth:`data_to_send`."""
+        if self.failed is not None:
+            return
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        size = len(buffer)
+        while self.failed is None:
+            frame = self._frame
+            if frame is None:
+                if size - offset < HEADER.size:
+                    break
+                version, type_, flags, stream, length = HEADER.unpack_from(buffer, offset)
+                offset += HEADER.size
+                if version != _VERSION:
+                    self._fail(f"unsupported yamux version {version}")
+                    break
+                if type_ == Type.DATA:
+                    self._frame = (type_, flags, stream, length)
+                    continue
+                self._control(type_, flags, stream, length)
+                continue
+            _, flags, stream, length = frame
+            if size - offset < length:
+                break
+            payload = bytes(buffer[offset : offset + length])
+            offset += length
+            self._frame = None
+            self._data(flags, stream, payload)
+        del buffer[:offset]
+
+    def _control(self, type_: int, flags: int, stream: int, length: int) -> None:
+        if type_ == Type.WINDOW_UPDATE:
+            self._window_update(flags, stream, length)
+        elif type_ == Type.PING:
+            if stream != 0:
+                self._fail(f"a ping on stream {stream} (pings use stream 0)")
+            elif flags & Flag.SYN:
+                self._out.append(header(Type.PING, Flag.ACK, 0, length))
+                self._events.append(Pinged(length))
+            elif flags & Flag.ACK:
+                self._events.append(Pong(length))
+        elif type_ == Type.GO_AWAY:
+            if stream != 0:
+                self._fail(f"a go away on stream {stream} (it uses stream 0)")
+            elif length == GoAwayCode.NORMAL:
+                if not self.remote_go_away:
+                    self.remote_go_away = True
+                    self._events.append(GoneAway(length))
+            else:
+                what = "a protocol error" if length == GoAwayCode.PROTOCOL_ERROR else "an error"
+                self._end(
+                    SessionFailed(length, f"the peer went away with {what} (code {length})", True)
+                )
+        else:
+            self._fail(f"unknown frame type {type_}")
+
+    def _open_by_peer(self, flags: int, stream: int) -> _Stream | None:
+        """A frame with SYN: a new stream (None: refused, or the session failed)."""
+        if stream == 0 or (stream % 2 == 1) == self.client:
+            self._fail(f"the peer opened stream {stream}, an id of this side's parity")
+            return None
+        if stream <= self._peer_max_id:
+            self._fail(f"the peer opened stream {stream} again (ids are never reused)")
+            return None
+        self._peer_max_id = stream
+        if (
+            self.local_go_away
+            or len(self.streams) >= self.max_streams
+            or self._pending >= self.backlog
+        ):
+            self._out.append(header(Type.WINDOW_UPDATE, Flag.RST, stream, 0))
+            return None
+        state = _Stream(DEFAULT_WINDOW, DEFAULT_WINDOW, acked=True, taken=False)
+        self.streams[stream] = state
+        self._pending += 1
+        self._out.append(header(Type.WINDOW_UPDATE, Flag.ACK, stream, self.window - DEFAULT_WINDOW))
+        state.recv_window = self.window
+        self._events.append(Opened(stream))
+        return state
+
+    def _lookup(self, flags: int, stream: int) -> _Stream | None:
+        """The stream a frame is for (None: ignore the frame, or the session failed)."""
+        if flags & Flag.SYN:
+            return self._open_by_peer(flags, stream)
+        state = self.streams.get(stream)
+        if state is not None:
+            return state
+        if stream == 0:
+            self._fail("a stream frame on stream 0")
+        elif not self._was_used(stream):
+            self._fail(f"a frame for stream {stream}, which was never opened")
+        return None  # closed or reset lately: in flight, ignored
+
+    def _was_used(self, stream: int) -> bool:
+        mine = (stream % 2 == 1) == self.client
+        return stream < self._next_id if mine else stream <= self._peer_max_id
+
+    def _window_update(self, flags: int, stream: int, delta: int) -> None:
+        state = self._lookup(flags, stream)
+        if state is None:
+            return
+        if flags & Flag.ACK and not state.acked:
+            state.acked = True
+            self._events.append(Acked(stream))
+        if delta:
+            if state.send_window + delta > _MAX_U32:
+                self._fail(f"stream {stream}'s send window overflows 2**32 - 1")
+                return
+            state.send_window += delta
+            if not state.local_fin:
+                self._events.append(Writable(stream))
+        self._flags(flags, stream, state)
+
+    def _data(self, flags: int, stream: int, payload: bytes) -> None:
+        state = self._lookup(flags, stream)
+        if state is None:
+            return
+        if flags & Flag.ACK and not state.acked:
+            state.acked = True
+            self._events.append(Acked(stream))
+        if payload:
+            if state.remote_fin:
+                self._fail(f"data on stream {stream} after the peer's FIN")
+                return
+            if len(payload) > state.recv_window:
+                self._fail(
+                    f"{len(payload)} bytes on stream {stream}, beyond its receive window "
+                    f"({state.recv_window} bytes)"
+                )
+                return
+            state.recv_window -= len(payload)
+            self._events.append(Data(stream, payload))
+        self._flags(flags, stream, state)
+
+    def _flags(self, flags: int, stream: int, state: _Stream) -> None:
+        if flags & Flag.RST:
+            self._forget(stream, state)
+            self._events.append(Reset(stream))
+            return
+        if flags & Flag.FIN:
+            if state.remote_fin:
+                return  # a second FIN says nothing new
+            state.remote_fin = True
+            self._events.append(Eof(stream))
+            if state.local_fin:
+                self._forget(stream, state)
+
+    def _forget(self, stream: int, state: _Stream) -> None:
+        del self.streams[stream]
+        if not state.taken:
+            self._pending -= 1
+
+    def _fail(self, reason: str) -> None:
+        self._out.append(header(Type.GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
+        self._end(SessionFailed(GoAwayCode.PROTOCOL_ERROR, f"yamux protocol error: {reason}"))
+
+    def _end(self, failed: SessionFailed) -> None:
+        self.failed = failed
+        self.streams.clear()
+        self._pending = 0
+        self._buffer.clear()
+        self._frame = None
+        self._events.append(failed)
+
+    # Output
+
+    def events(self) -> list[Event]:
+        """What happened since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> list[bytes | memoryview]:
+        """The frames to write, in order (a list of buffers: write them all, in order)."""
+        out, self._out = self._out, []
+        return out
+
+    # Commands
+
+    def _check_open(self) -> None:
+        if self.failed is not None:
+            raise MuxError(f"the session is over: {self.failed.reason}")
+
+    def open_stream(self) -> int:
+        """Open a stream (SYN); returns its id. Data may be sent at once (before the ACK).
+
+        Raises:
+            MuxError: the session failed, either side went away, the ids are
+                used up, or ``max_streams`` streams are open (close some, or
+                raise the limit).
+        """
+        self._check_open()
+        if self.remote_go_away or self.local_go_away:
+            raise MuxError("the session is going away: no new streams (open a new session)")
+        if len(self.streams) >= self.max_streams:
+            raise MuxError(
+                f"{len(self.streams)} streams are open, the limit (max_streams): close some first"
+            )
+        stream = self._next_id
+        if stream > _MAX_U32:
+            raise MuxError("the session has used every stream id: open a new session")
+        self._next_id += 2
+        self.streams[stream] = _Stream(DEFAULT_WINDOW, self.window, acked=False, taken=True)
+        self._out.append(header(Type.WINDOW_UPDATE, Flag.SYN, stream, self.window - DEFAULT_WINDOW))
+        return stream
+
+    def take(self, stream: int) -> None:
+        """The application took ``stream`` (the peer opened it): out of the backlog."""
+        state = self.streams.get(stream)
+        if state is not None and not state.taken:
+            state.taken = True
+            self._pending -= 1
+
+    def send_window(self, stream: int) -> int:
+        """How many bytes :meth:`send` takes on ``stream`` now (0: wait for :class:`Writable`)."""
+        state = self.streams.get(stream)
+        if state is None or state.local_fin or self.failed is not None:
+            return 0
+        return state.send_window
+
+    def send(self, stream: int, data: bytes | bytearray | memoryview) -> int:
+        """Send as much of ``data`` as the window allows; returns how much (0: wait).
+
+        Raises:
+            MuxError: the stream is closed for writing (FIN sent), reset, or
+                the session is over.
+        """
+        self._check_open()
+        state = self.streams.get(stream)
+        if state is None:
+            raise MuxError(f"stream {stream} is reset or closed")
+        if state.local_fin:
+            raise MuxError(f"stream {stream} is closed for writing (write_eof or close was called)")
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        count = min(len(view), state.send_window)
+        sent = 0
+        out = self._out
+        while sent < count:
+            size = min(MAX_FRAME, count - sent)
+            out.append(header(Type.DATA, 0, stream, size))
+            out.append(view[sent : sent + size])
+            sent += size
+        state.send_window -= count
+        return count
+
+    def consumed(self, stream: int, count: int) -> None:
+        """The application read ``count`` bytes of ``stream``: granted back by half windows."""
+        state = self.streams.get(stream)
+        if state is None or state.remote_fin or self.failed is not None:
+            return
+        state.grant += count
+        if state.grant >= self.window // 2:
+            self._out.append(header(Type.WINDOW_UPDATE, 0, stream, state.grant))
+            state.recv_window += state.grant
+            state.grant = 0
+
+    def close_stream(self, stream: int) -> None:
+        """Half-close ``stream`` (FIN): nothing more is sent; reading goes on to the peer's FIN.
+
+        Closing twice, or a stream already gone, does nothing.
+        """
+        state = self.streams.get(stream)
+        if state is None or state.local_fin or self.failed is not None:
+            return
+        state.local_fin = True
+        self._out.append(header(Type.WINDOW_UPDATE, Flag.FIN, stream, 0))
+        if state.remote_fin:
+            self._forget(stream, state)
+
+    def reset_stream(self, stream: int) -> None:
+        """Reset ``stream`` (RST) both ways: data in flight is dropped. Nothing if it is gone."""
+        state = self.streams.get(stream)
+        if state is None or self.failed is not None:
+            return
+        self._out.append(header(Type.WINDOW_UPDATE, Flag.RST, stream, 0))
+        self._forget(stream, state)
+        self._events.append(Reset(stream, by_peer=False))
+
+    def ping(self) -> int:
+        """Send a ping; returns its opaque value (the :class:`Pong` carries it back).
+
+        Raises:
+            MuxError: the session is over.
+        """
+        self._check_open()
+        self._ping_id = (self._ping_id + 1) & _MAX_U32
+        self._out.append(header(Type.PING, Flag.SYN, 0, self._ping_id))
+        return self._ping_id
+
+    def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
+        """Accept no new streams (``code`` 0), or end the session with an error ``code``."""
+        if self.failed is not None or (self.local_go_away and code == GoAwayCode.NORMAL):
+            return
+        self.local_go_away = True
+        self._out.append(header(Type.GO_AWAY, 0, 0, code))
+        if code != GoAwayCode.NORMAL:
+            self._end(SessionFailed(code, f"this side went away with code {code}"))
+
+    def lost(self, reason: str) -> None:
+        """The byte stream under the session ended or failed: every stream is reset."""
+        if self.failed is None:
+            self._end(SessionFailed(GoAwayCode.INTERNAL_ERROR, reason))

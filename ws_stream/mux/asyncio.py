@@ -1,0 +1,597 @@
+"""yamux sessions on asyncio: every stream a real ``StreamReader``/``StreamWriter`` pair.
+
+The protocol is :class:`~ws_stream.mux._machine.Machine`; this shell only
+moves bytes and wakes tasks:
+
+* one task reads the byte stream under the session (a :class:`~ws_stream.WsStream`'s
+  reader, or any ``asyncio.StreamReader``) and feeds the machine;
+* each stream is a :class:`MuxTransport` (an ``asyncio.Transport``, so
+  ``loop.start_tls()`` works on it) under an ``asyncio.StreamReaderProtocol``;
+  a write goes out at once while the stream's window and the writer under the
+  session have room, otherwise it waits in the stream's buffer (past
+  ``write_limit`` bytes, ``drain()`` waits) for a flusher task that serves
+  the waiting streams in turn;
+* a stream whose reader does not read stops granting window (the
+  ``StreamReader`` pauses its transport past twice its ``limit``): its peer
+  stops after one window, and the other streams go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Final
+
+from ._machine import (
+    DEFAULT_WINDOW,
+    Acked,
+    Data,
+    Eof,
+    GoneAway,
+    Machine,
+    MuxError,
+    Opened,
+    Pinged,
+    Pong,
+    Reset,
+    SessionFailed,
+    Writable,
+)
+
+__all__ = ["MuxTransport", "Session", "open_session"]
+
+logger = logging.getLogger("ws_stream.mux")
+
+StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+#: ``on_stream(reader, writer)``: runs as a task for each stream the peer opens.
+StreamCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+#: Bytes read from the byte stream under the session at once.
+_READ_SIZE: Final = 256 * 1024
+#: A stream's write buffer: past this, its protocol pauses (``drain()`` waits).
+_WRITE_HIGH: Final = 256 * 1024
+#: What one stream sends per turn of the flusher: fairness between streams.
+_QUANTUM: Final = 64 * 1024
+#: Longest wait for the peer's FIN after a stream's close(); then RST.
+_CLOSE_TIMEOUT: Final = 10.0
+
+
+class MuxTransport(asyncio.Transport):
+    """One yamux stream as an ``asyncio.Transport``.
+
+    ``write()`` never blocks: bytes wait in the stream's buffer while its
+    window is closed (``pause_writing()`` past the high-water mark).
+    ``write_eof()`` half-closes (FIN after the buffered bytes), ``close()``
+    half-closes and then ignores what still arrives, ``abort()`` resets (RST).
+    ``pause_reading()`` stops delivering - and so stops granting window to the
+    peer. ``get_extra_info("mux_stream")`` is the stream id; other names are
+    answered by the transport under the session (``peername``...).
+    """
+
+    def __init__(self, session: Session, stream: int, protocol: asyncio.BaseProtocol) -> None:
+        super().__init__()
+        self._session = session
+        self.stream = stream
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._pending: deque[memoryview] = deque()
+        self._pending_size = 0
+        self._eof_pending = False  # write_eof() called: FIN once the buffer is sent
+        self._fin_sent = False
+        self._closing = False
+        self._lost = False
+        self._paused = False  # reading paused by the protocol
+        self._received: deque[bytes] = deque()  # data held while reading is paused
+        self._eof_received = False
+        self._eof_delivered = False
+        self._writing_paused = False
+        self._high = _WRITE_HIGH
+        self._low = _WRITE_HIGH // 4
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.BaseTransport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "mux_stream":
+            return self.stream
+        if name == "mux_session":
+            return self._session
+        return self._session._writer.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        """Send what is buffered, then FIN; drop what arrives until the peer's FIN ends it."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._received.clear()
+        self.write_eof()
+        if not self._lost:
+            self._close_timer = self._session._loop.call_later(_CLOSE_TIMEOUT, self.abort)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    # asyncio.ReadTransport
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._lost
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        while self._received and not self._paused and not self._lost:
+            self._deliver(self._received.popleft())
+        if self._eof_received and not self._received and not self._paused:
+            self._deliver_eof()
+
+    # asyncio.WriteTransport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_pending or self._closing:
+            raise RuntimeError("cannot write to a mux stream after write_eof() or close()")
+        if self._lost:
+            return  # as asyncio's transports: the loss is reported once, to the protocol
+        if not data:
+            return
+        view = memoryview(bytes(data)) if not isinstance(data, bytes) else memoryview(data)
+        session = self._session
+        if not self._pending and session._can_write():
+            sent = session._send(self.stream, view)
+            if sent == len(view):
+                return
+            view = view[sent:]
+        self._pending.append(view)
+        self._pending_size += len(view)
+        session._ready(self)
+        if not self._writing_paused and self._pending_size > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._eof_pending or self._lost:
+            return
+        self._eof_pending = True
+        if not self._pending:
+            self._send_fin()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        """Reset the stream (RST): both directions end at once, buffered bytes are dropped."""
+        if self._lost:
+            return
+        self._session._reset(self.stream)
+        self._connection_lost(None)
+
+    def get_write_buffer_size(self) -> int:
+        return self._pending_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = _WRITE_HIGH if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+
+    # The session's calls
+
+    def _push(self, quantum: int) -> bool:
+        """Send up to ``quantum`` buffered bytes; True if bytes remain that the window allows."""
+        session = self._session
+        budget = quantum
+        while self._pending and budget > 0:
+            head = self._pending[0]
+            chunk = head[:budget]
+            sent = session._send(self.stream, chunk)
+            if sent == 0:
+                return False  # window closed: Writable brings it back
+            budget -= sent
+            self._pending_size -= sent
+            if sent == len(head):
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[sent:]
+        if self._writing_paused and self._pending_size <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+        if not self._pending and self._eof_pending and not self._fin_sent:
+            self._send_fin()
+        return bool(self._pending) and session.machine.send_window(self.stream) > 0
+
+    def _send_fin(self) -> None:
+        self._fin_sent = True
+        self._session._close_stream(self.stream)
+        self._maybe_done()
+
+    def _data(self, data: bytes) -> None:
+        if self._closing:
+            self._session._consumed(self.stream, len(data))  # dropped, but granted back
+        elif self._paused or self._received:
+            self._received.append(data)
+        else:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        self._protocol.data_received(data)  # type: ignore[attr-defined]
+        self._session._consumed(self.stream, len(data))
+
+    def _eof(self) -> None:
+        self._eof_received = True
+        if self._closing:
+            self._maybe_done()
+        elif not self._paused and not self._received:
+            self._deliver_eof()
+
+    def _deliver_eof(self) -> None:
+        if self._eof_delivered:
+            return
+        self._eof_delivered = True
+        keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        if not keep_open:
+            self.close()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._fin_sent and self._eof_received and (self._eof_delivered or self._closing):
+            self._connection_lost(None)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._pending.clear()
+        self._pending_size = 0
+        self._received.clear()
+        self._session._forget(self.stream)
+        self._protocol.connection_lost(exc)
+
+
+class Session:
+    """One yamux session over a byte stream (:func:`open_session` makes it).
+
+    ``async for reader, writer in session`` yields the streams the peer opens
+    (unless ``on_stream`` takes them); :meth:`open_stream` opens one;
+    :meth:`ping` measures the round trip; :meth:`go_away` refuses new streams;
+    :meth:`close` ends it all. An async context manager (closing on exit).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        machine: Machine,
+        *,
+        limit: int,
+        on_stream: StreamCallback | None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = reader
+        self._writer = writer
+        self.machine = machine
+        self._limit = limit
+        self._on_stream = on_stream
+        self._transports: dict[int, MuxTransport] = {}
+        self._accepted: deque[StreamPair] = deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._waiting: dict[int, MuxTransport] = {}  # streams with bytes to send
+        self._wake: asyncio.Event = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self.error: SessionFailed | None = None
+        self._reading = self._loop.create_task(self._read())
+        self._flusher = self._loop.create_task(self._flush())
+
+    # The byte stream under the session
+
+    async def _read(self) -> None:
+        reason = "the connection under the session closed"
+        try:
+            while self.machine.failed is None:
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    break
+                self.machine.receive_data(data)
+                self._process()
+        except (ConnectionError, OSError) as exc:
+            reason = f"the connection under the session failed: {exc}"
+        except asyncio.CancelledError:
+            reason = "the session was closed"
+        self.machine.lost(reason)
+        self._process()
+
+    def _process(self) -> None:
+        machine = self.machine
+        for event in machine.events():
+            if isinstance(event, Data):
+                transport = self._transports.get(event.stream)
+                if transport is not None:
+                    transport._data(event.data)
+            elif isinstance(event, Writable):
+                transport = self._transports.get(event.stream)
+                if transport is not None and transport._pending:
+                    self._ready(transport)
+            elif isinstance(event, Opened):
+                self._incoming(event.stream)
+            elif isinstance(event, Eof):
+                transport = self._transports.get(event.stream)
+                if transport is not None:
+                    transport._eof()
+            elif isinstance(event, Reset):
+                transport = self._transports.get(event.stream)
+                if transport is not None and event.by_peer:
+                    transport._connection_lost(
+                        ConnectionResetError(f"the peer reset mux stream {event.stream}")
+                    )
+            elif isinstance(event, Pong):
+                waiter = self._pings.pop(event.opaque, None)
+                if waiter is not None and not waiter[0].done():
+                    waiter[0].set_result(self._loop.time() - waiter[1])
+            elif isinstance(event, SessionFailed):
+                self._failed(event)
+            elif isinstance(event, GoneAway):
+                logger.info("the peer went away: no new streams on this session")
+            elif isinstance(event, (Acked, Pinged)):
+                pass
+        self._output()
+
+    def _failed(self, event: SessionFailed) -> None:
+        self.error = event
+        if event.code != 2 or event.by_peer:
+            logger.warning("mux session ended: %s", event.reason)
+        for transport in list(self._transports.values()):
+            transport._connection_lost(ConnectionAbortedError(f"mux session ended: {event.reason}"))
+        for future, _ in self._pings.values():
+            if not future.done():
+                future.set_exception(MuxError(f"the session ended: {event.reason}"))
+        self._pings.clear()
+        self._wake_acceptor()
+        self._wake.set()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._writer.close()
+
+    def _output(self) -> None:
+        frames = self.machine.data_to_send()
+        if frames and not self._writer.is_closing():
+            self._writer.writelines(frames)
+
+    def _can_write(self) -> bool:
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+
+    async def _flush(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            while self.machine.failed is None:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._waiting and self.machine.failed is None:
+                    for stream, transport in list(self._waiting.items()):
+                        if not transport._push(_QUANTUM):
+                            self._waiting.pop(stream, None)
+                    self._output()
+                    await self._writer.drain()
+
+    # The streams' calls
+
+    def _send(self, stream: int, data: memoryview) -> int:
+        try:
+            sent = self.machine.send(stream, data)
+        except MuxError:
+            return len(data)  # the stream is gone: its loss is reported to its protocol
+        self._output()
+        return sent
+
+    def _ready(self, transport: MuxTransport) -> None:
+        self._waiting[transport.stream] = transport
+        self._wake.set()
+
+    def _consumed(self, stream: int, count: int) -> None:
+        self.machine.consumed(stream, count)
+        self._output()
+
+    def _close_stream(self, stream: int) -> None:
+        self.machine.close_stream(stream)
+        self._output()
+
+    def _reset(self, stream: int) -> None:
+        self.machine.reset_stream(stream)
+        self.machine.events()  # its own Reset: the transport reports it
+        self._output()
+
+    def _forget(self, stream: int) -> None:
+        self._transports.pop(stream, None)
+        self._waiting.pop(stream, None)
+
+    # Streams
+
+    def _pair(self, stream: int) -> StreamPair:
+        reader = asyncio.StreamReader(limit=self._limit, loop=self._loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
+        transport = MuxTransport(self, stream, protocol)
+        self._transports[stream] = transport
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
+        return reader, writer
+
+    def _incoming(self, stream: int) -> None:
+        pair = self._pair(stream)
+        if self._on_stream is not None:
+            self.machine.take(stream)
+            result = self._on_stream(*pair)
+            if asyncio.iscoroutine(result):
+                task = self._loop.create_task(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._callback_done)
+            return
+        self._accepted.append(pair)
+        self._wake_acceptor()
+
+    def _callback_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("on_stream raised", exc_info=task.exception())
+
+    def _wake_acceptor(self) -> None:
+        waiter = self._accept_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def open_stream(self) -> StreamPair:
+        """Open a stream: its reader and writer, at once (writes may precede the peer's ACK).
+
+        Raises:
+            MuxError: the session ended, is going away, or has ``max_streams``
+                streams open.
+        """
+        stream = self.machine.open_stream()
+        pair = self._pair(stream)
+        self._output()
+        return pair
+
+    async def accept(self) -> StreamPair:
+        """The next stream the peer opens.
+
+        Raises:
+            MuxError: the session ended (or the peer went away) with no stream waiting.
+        """
+        while not self._accepted:
+            if self.machine.failed is not None or self.machine.remote_go_away:
+                raise MuxError(
+                    "no more streams: "
+                    + (self.error.reason if self.error else "the peer went away")
+                )
+            self._accept_waiter = self._loop.create_future()
+            try:
+                await self._accept_waiter
+            finally:
+                self._accept_waiter = None
+        reader, writer = self._accepted.popleft()
+        self.machine.take(writer.transport.get_extra_info("mux_stream"))
+        return reader, writer
+
+    def __aiter__(self) -> AsyncIterator[StreamPair]:
+        return self._streams()
+
+    async def _streams(self) -> AsyncIterator[StreamPair]:
+        while True:
+            try:
+                yield await self.accept()
+            except MuxError:
+                return
+
+    async def ping(self, timeout: float = 30.0) -> float:
+        """Send a yamux ping; the round trip in seconds.
+
+        Raises:
+            MuxError: the session ended first.
+            TimeoutError: no answer within ``timeout`` seconds.
+        """
+        opaque = self.machine.ping()
+        future: asyncio.Future[float] = self._loop.create_future()
+        self._pings[opaque] = (future, self._loop.time())
+        self._output()
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            self._pings.pop(opaque, None)
+
+    def go_away(self) -> None:
+        """Refuse new streams from now on (the peer is told); open streams go on."""
+        self.machine.go_away()
+        self._output()
+
+    @property
+    def streams(self) -> int:
+        """Streams open now."""
+        return len(self.machine.streams)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Go away, reset the streams still open, and close the byte stream under the session.
+
+        Waits (at most ``timeout`` seconds) for the byte stream to close.
+        """
+        if self.machine.failed is None:
+            self.go_away()
+            for stream in list(self._transports):
+                transport = self._transports.get(stream)
+                if transport is not None:
+                    transport.abort()
+            self.machine.lost("the session was closed")
+            self._process()
+        self._flusher.cancel()
+        self._reading.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            async with asyncio.timeout(timeout):
+                await self._writer.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session ended (failed, lost, or closed)."""
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def open_session(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    client: bool,
+    window: int = DEFAULT_WINDOW,
+    max_streams: int = 1024,
+    backlog: int = 256,
+    limit: int = 2**16,
+    on_stream: StreamCallback | None = None,
+) -> Session:
+    """Start a yamux session over a byte stream (a :class:`~ws_stream.WsStream`'s pair).
+
+    ``client``: this side opens odd stream ids (the side that dialed; the
+    other must pass False). ``window``: the receive window of each stream (at
+    least 256 KiB, the spec's initial window; memory per stream is bounded by
+    it). ``max_streams``: open streams at most (more SYNs are refused with
+    RST); ``backlog``: streams opened by the peer and not yet accepted (more:
+    RST). ``limit``: each stream's ``StreamReader`` limit. ``on_stream(reader,
+    writer)``: called (a coroutine function runs as a task) for each stream the
+    peer opens, instead of ``async for``.
+
+    Raises:
+        ValueError: a limit out of range.
+    """
+    machine = Machine(client=client, window=window, max_streams=max_streams, backlog=backlog)
+    return Session(reader, writer, machine, limit=limit, on_stream=on_stream)

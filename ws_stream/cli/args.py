@@ -27,7 +27,7 @@ import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from .. import __version__
@@ -37,6 +37,9 @@ from ..reconnect import ReconnectPolicy
 from .proxy import DIRECT, ENVIRONMENT_HELP, ProxyChoice, choose_proxy, proxy_url
 from .report import describe
 
+if TYPE_CHECKING:
+    from .gateway.reverse import AllowedRange
+
 __all__ = [
     "PRESETS",
     "ClientConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "ForwardConfig",
     "HostPort",
     "PasswdConfig",
+    "ReverseTunnel",
     "ServeConfig",
     "TargetTls",
     "UnixAddress",
@@ -146,6 +150,10 @@ class ServeConfig(CommonConfig):
     basic_auth_file: str | None = None
     #: ``--client-ca``: the CAs of required TLS client certificates; None: none asked.
     client_ca: str | None = None
+    #: ``--mux``: WebSockets offering the ``yamux`` subprotocol carry many streams.
+    mux: bool = False
+    #: ``--allow-reverse``: where clients may ask the server to listen (needs ``--mux``).
+    allow_reverse: tuple[AllowedRange, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,9 +201,31 @@ class ClientConfig(CommonConfig):
 class ForwardConfig(ClientConfig):
     """``ws-stream forward``."""
 
-    listen: HostPort | UnixAddress
+    #: ``--listen``; None: only ``--reverse`` tunnels.
+    listen: HostPort | UnixAddress | None
     #: ``--mode``: permissions of a ``unix:`` listening socket; None: as the umask makes them.
     mode: int | None = None
+    #: ``--mux``: every local client is a stream of one yamux session (one WebSocket).
+    mux: bool = False
+    #: ``--reverse``: the server listens on ``remote``; each connection there reaches ``local``.
+    reverse: tuple[ReverseTunnel, ...] = ()
+
+
+class ReverseTunnel(NamedTuple):
+    """``forward --reverse REMOTE_IP:PORT:LOCAL_HOST:PORT``."""
+
+    remote: HostPort
+    local: HostPort | UnixAddress
+
+    def __str__(self) -> str:
+        host = f"[{self.remote.host}]" if ":" in self.remote.host else self.remote.host
+        local = self.local if isinstance(self.local, UnixAddress) else _shown(self.local)
+        return f"{host}:{self.remote.port} -> {local}"
+
+
+def _shown(address: HostPort) -> str:
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{host}:{address.port}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -469,6 +499,36 @@ def _is_ip(text: str, version: int) -> bool:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _allowed_range(text: str) -> AllowedRange:
+    from .gateway.reverse import parse_allowed
+
+    return parse_allowed(text)
+
+
+def _reverse(text: str) -> ReverseTunnel:
+    """``--reverse REMOTE_IP:PORT:LOCAL``: LOCAL is HOST:PORT or unix:PATH."""
+    if text.startswith("["):
+        end = text.find("]")
+        remote_text, sep, local_text = text[: end + 1], text[end + 1 : end + 2], text[end + 2 :]
+        port_text, _, local_text = local_text.partition(":")
+        remote_text = f"{remote_text}:{port_text}"
+    else:
+        host, sep, rest = text.partition(":")
+        port_text, _, local_text = rest.partition(":")
+        remote_text = f"{host}:{port_text}"
+    try:
+        allowed = _allowed_range(remote_text)
+        if allowed.low != allowed.high or not sep or not local_text:
+            raise argparse.ArgumentTypeError("")
+        local = parse_target(local_text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected REMOTE_IP:PORT:LOCAL_HOST:LOCAL_PORT or REMOTE_IP:PORT:unix:PATH (for "
+            f"example 127.0.0.1:9001:localhost:22), got {text!r}"
+        ) from None
+    return ReverseTunnel(HostPort(allowed.host, allowed.low), local)
 
 
 def _basic_user(text: str) -> str:
@@ -903,6 +963,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="require HTTP Basic credentials of a `USER:HASH` line of FILE (hashes from "
         "`ws-stream passwd USER`; plain-text passwords are refused); 401 otherwise",
     )
+    mux = serve.add_argument_group("multiplexing (yamux) and reverse tunnels")
+    mux.add_argument(
+        "--mux",
+        action="store_true",
+        help="also accept yamux sessions (clients offering the subprotocol `yamux`, as "
+        "forward --mux does): each stream is bridged to the target like a WebSocket of its own",
+    )
+    mux.add_argument(
+        "--allow-reverse",
+        type=_allowed_range,
+        action="append",
+        default=[],
+        metavar="IP:PORT[-PORT]",
+        help="with --mux: let clients (forward --reverse) ask this server to listen on an "
+        "address in this range, each connection there becoming a stream back to the client "
+        "(repeatable; other addresses get 403)",
+    )
     gateway.add_argument(
         "--client-ca",
         metavar="FILE",
@@ -920,9 +997,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     forward.add_argument(
+        "--mux",
+        action="store_true",
+        help="carry every local client as a stream of one WebSocket (yamux; the server needs "
+        "serve --mux); with --reconnect, a session that drops is opened again (streams open "
+        "then are reset, never moved)",
+    )
+    forward.add_argument(
+        "--reverse",
+        type=_reverse,
+        action="append",
+        default=[],
+        metavar="REMOTE_IP:PORT:LOCAL",
+        help="a reverse tunnel: the server listens on REMOTE_IP:PORT (it must allow it: serve "
+        "--allow-reverse) and each connection there reaches LOCAL (HOST:PORT or unix:PATH) "
+        "from this machine (repeatable; one WebSocket each)",
+    )
+    forward.add_argument(
         "--listen",
         type=_listen,
-        required=True,
         metavar="HOST:PORT|unix:PATH",
         help="local TCP address (a bare PORT means 127.0.0.1:PORT; 0 picks one), or a Unix "
         "socket (a stale socket file there is replaced, any other file is an error; removed "
@@ -1010,7 +1103,18 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     if args.command == "forward":
         if args.mode is not None and not isinstance(args.listen, UnixAddress):
             parser.error("--mode applies to a Unix socket only: --listen unix:PATH")
-        return ForwardConfig(**common, **client, listen=args.listen, mode=args.mode)
+        if args.listen is None and not args.reverse:
+            parser.error("forward needs --listen ADDRESS, or --reverse tunnels, or both")
+        if args.mux and args.listen is None:
+            parser.error("--mux carries the clients of --listen: give --listen ADDRESS")
+        return ForwardConfig(
+            **common,
+            **client,
+            listen=args.listen,
+            mode=args.mode,
+            mux=args.mux,
+            reverse=tuple(args.reverse),
+        )
     return ClientConfig(**common, **client)
 
 
@@ -1047,6 +1151,8 @@ def _serve_config(
             "--to and --targets exclude each other: one target for every connection, "
             "or the target each connection names"
         )
+    if args.allow_reverse and not args.mux:
+        parser.error("--allow-reverse needs --mux: reverse tunnels are streams of a mux session")
     if args.client_ca is not None:
         if args.cert is None:
             parser.error("--client-ca needs TLS: --cert FILE --key FILE")
@@ -1079,6 +1185,8 @@ def _serve_config(
         bearer_file=args.bearer_file,
         basic_auth_file=args.basic_auth_file,
         client_ca=args.client_ca,
+        mux=args.mux,
+        allow_reverse=tuple(args.allow_reverse),
     )
     from .gateway import check_files
 

@@ -28,8 +28,9 @@ from websockets.exceptions import WebSocketException
 
 from .._failures import redact
 from ..asyncio import WsStream, connect_stream
+from ..mux import MuxError
 from ..reconnect import ReconnectMachine
-from .args import ClientConfig, ForwardConfig, UnixAddress
+from .args import ClientConfig, ForwardConfig, HostPort, UnixAddress
 from .endpoints import (
     Endpoint,
     Stdio,
@@ -37,6 +38,7 @@ from .endpoints import (
     start_tcp_server,
     start_unix_stream_server,
 )
+from .gateway.reverse import MUX_SUBPROTOCOL, REVERSE_HEADER
 from .lifecycle import (
     EXIT_ERROR,
     EXIT_OK,
@@ -46,7 +48,9 @@ from .lifecycle import (
     unless_stopped,
     until_shutdown,
 )
-from .report import addr, describe, log_end, stats_output
+from .mux import MuxLink, reverse_tunnel
+from .report import addr, describe, fields, log_end, stats_output
+from .splice import splice
 from .tuning import FRAME_SIZE
 from .tunnel import Tunnel
 from .unix import UnixListener, unix_peer
@@ -65,7 +69,11 @@ class Dialer:
     One attempt per :meth:`dial`, or the retries of ``config.reconnect``.
     """
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(
+        self, config: ClientConfig, *, mux: bool = False, reverse: HostPort | None = None
+    ) -> None:
+        """``mux``: offer the ``yamux`` subprotocol only; ``reverse``: ask the server to
+        listen there (a reverse tunnel, which is a mux session)."""
         self.uri = config.uri
         #: The URI as logs show it: without its password.
         self.shown_uri = redact(config.uri)
@@ -74,7 +82,7 @@ class Dialer:
             "additional_headers": Headers(list(config.headers)),
             "close_timeout": config.close_timeout,
             "max_frame_size": FRAME_SIZE,
-        "ping_interval": config.ping_interval,
+            "ping_interval": config.ping_interval,
             "ping_timeout": config.ping_timeout,
         }
         if config.ssl_context is not None:
@@ -84,6 +92,11 @@ class Dialer:
         options["proxy"] = config.proxy.url
         if config.subprotocols:
             options["subprotocols"] = list(config.subprotocols)
+        if mux or reverse is not None:
+            options["subprotocols"] = [MUX_SUBPROTOCOL]
+        if reverse is not None:
+            host = f"[{reverse.host}]" if ":" in reverse.host else reverse.host
+            options["additional_headers"][REVERSE_HEADER] = f"{host}:{reverse.port}"
         self._options = options
         self.proxy = config.proxy
         self.insecure = config.insecure
@@ -157,15 +170,25 @@ def _tunnel(
 
 
 async def forward(config: ForwardConfig) -> int:
-    """Run ``ws-stream forward`` until a signal; return the exit status."""
+    """Run ``ws-stream forward`` until a signal; return the exit status.
+
+    Exits 1 at once if ``--listen`` cannot listen, or when a ``--reverse``
+    tunnel ends for good (without ``--reconnect``, or refused).
+    """
     loop = asyncio.get_running_loop()
     shutdown = Shutdown()
     sessions = Sessions()
     dialer = Dialer(config)
+    link: MuxLink | None = None
+    if config.mux:
+        link = MuxLink(Dialer(config, mux=True).dial, sessions, dialer.route)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = addr(writer.get_extra_info("peername")) or unix_peer()
         local = TcpEndpoint(reader, writer, "client")
+        if link is not None:
+            await _mux_client(link, local, peer, sessions, dialer.shown_uri)
+            return
         started = loop.time()
         with sessions.session() as slot:
             try:
@@ -190,38 +213,97 @@ async def forward(config: ForwardConfig) -> int:
                 error = "internal error"
         log_end(peer, stream, loop.time() - started, error)
 
+    failures: list[str] = []
+
+    def reverse_ended(task: asyncio.Task[str | None]) -> None:
+        error = None if task.cancelled() else task.result()
+        if error is not None:
+            logger.error("%s", error)
+            failures.append(error)
+            if not shutdown.requested.done():
+                shutdown.requested.set_result(None)
+
+    reverse_tasks = []
+    for tunnel in config.reverse:
+        task = asyncio.ensure_future(
+            reverse_tunnel(
+                tunnel,
+                Dialer(config, reverse=tunnel.remote).dial,
+                sessions,
+                reconnect=config.reconnect is not None,
+                what=dialer.shown_uri,
+            )
+        )
+        task.add_done_callback(reverse_ended)
+        reverse_tasks.append(task)
+
     listen = config.listen
     listener: UnixListener | None = None
+    server: asyncio.Server | None = None
     try:
         if isinstance(listen, UnixAddress):
             listener = UnixListener.open(listen, config.mode)
             server = await start_unix_stream_server(on_client, listener.sock)
-        else:
+        elif listen is not None:
             server = await start_tcp_server(on_client, listen.host, listen.port)
     except OSError as exc:
         if listener is not None:
             listener.sock.close()
             listener.remove()
+        for task in reverse_tasks:
+            task.cancel()
         logger.error("cannot listen on %s: %s", addr(listen), describe(exc))
         return EXIT_ERROR
-    if listener is not None:
-        addresses = str(listener.address)
-    else:
-        addresses = ", ".join(addr(sock.getsockname()) for sock in server.sockets)
-    logger.info("listening on %s (each connection tunnels to %s)", addresses, dialer.route)
+    if server is not None:
+        if listener is not None:
+            addresses = str(listener.address)
+        else:
+            addresses = ", ".join(addr(sock.getsockname()) for sock in server.sockets)
+        how = "one mux session" if link is not None else "each connection"
+        logger.info("listening on %s (%s tunnels to %s)", addresses, how, dialer.route)
 
     async def stop() -> None:
-        server.close()
+        if server is not None:
+            server.close()
         sessions.stop_all()
+        if link is not None:
+            await link.close()
         await sessions.wait(config.close_timeout + 1.5)
+        for task in reverse_tasks:
+            task.cancel()
 
     try:
-        return await until_shutdown(
+        status = await until_shutdown(
             shutdown, sessions, stop, prog=config.prog, stats_interval=config.stats_interval
         )
     finally:
         if listener is not None:
             listener.remove()
+    return EXIT_ERROR if failures else status
+
+
+async def _mux_client(
+    link: MuxLink, local: TcpEndpoint, peer: str, sessions: Sessions, where: str
+) -> None:
+    """``forward --mux``: one local client as a stream of the link's session."""
+    with sessions.session() as slot:
+        try:
+            session = await unless_stopped(slot.stop, link.session())
+            pair = await session.open_stream()
+        except Stopped:
+            local.abort()
+            return
+        except (ConnectionError, MuxError) as exc:
+            logger.error("%s: cannot open a stream to %s: %s", peer, where, exc)
+            local.abort()
+            return
+        stream_id = pair[1].get_extra_info("mux_stream")
+        sent, received, error = await splice(pair, local)
+    logger.log(
+        logging.INFO if error is None else logging.WARNING,
+        "%s",
+        fields(peer=peer, stream=stream_id, sent=sent, received=received, error=error),
+    )
 
 
 # cat

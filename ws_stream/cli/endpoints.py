@@ -105,6 +105,11 @@ class TcpEndpoint:
         self.role = role
         self.kind: LocalKind = "tcp"
 
+    @property
+    def streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection's reader and writer (for :func:`~.splice.splice`)."""
+        return self._reader, self._writer
+
     async def read(self) -> bytes:
         return await self._reader.read(LOCAL_READ)
 

@@ -37,7 +37,9 @@ from ..asyncio.server import ServerConnection
 from .args import HostPort, ServeConfig, TargetTls, UnixAddress
 from .endpoints import TcpEndpoint, open_tcp, open_unix
 from .gateway import Admission, Gateway
+from .gateway.reverse import MUX_SUBPROTOCOL
 from .lifecycle import EXIT_ERROR, Sessions, Shutdown, Stopped, unless_stopped, until_shutdown
+from .mux import serve_session
 from .report import addr, describe, log_connection
 from .rules import CLEAN_CODES, SHUTDOWN
 from .tuning import FRAME_SIZE
@@ -123,7 +125,10 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
         return EXIT_ERROR
     target = config.target
     close_timeout = config.close_timeout
-    accepted = list(dict.fromkeys([_BINARY, *config.subprotocols]))
+    # yamux first: a client offering it and binary gets the session it asked for.
+    accepted = list(
+        dict.fromkeys([*([MUX_SUBPROTOCOL] if config.mux else []), _BINARY, *config.subprotocols])
+    )
     limit: ConnectionLimit | None = None
     if hooks is not None:
         limit = hooks.limit
@@ -180,7 +185,11 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
             sessions.attach(slot, stream)
             logger.debug("%s: connected (subprotocol %s)", peer, stream.subprotocol)
             try:
-                if to is None:
+                if stream.subprotocol == MUX_SUBPROTOCOL:
+                    error = await serve_session(
+                        stream, slot.stop, to, config.target_tls, admission.reverse, peer
+                    )
+                elif to is None:
                     error = await _echo(stream, slot.stop)
                 else:
                     error = await _bridge(stream, slot.stop, to, close_timeout, config.target_tls)
@@ -237,6 +246,11 @@ async def serve(config: ServeConfig, hooks: WorkerHooks | None = None) -> int:
             (config.basic_auth_file, "Basic authentication required"),
             (config.client_ca, "client certificates required"),
             (config.web, f"web files from {config.web}"),
+            (config.mux or None, "yamux sessions accepted"),
+            (
+                config.allow_reverse or None,
+                "reverse tunnels on " + ", ".join(str(r) for r in config.allow_reverse),
+            ),
         )
         if option is not None
     )

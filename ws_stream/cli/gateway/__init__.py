@@ -42,6 +42,7 @@ from .access import (
     verified,
 )
 from .files import FileProblem, Watched
+from .reverse import MUX_SUBPROTOCOL, NotAllowed, reverse_request
 from .targets import Targets, UnknownTarget, target_name
 from .web import NotServed, WebFile, locate, read, refusal, response, segments
 
@@ -65,6 +66,8 @@ class Admission(NamedTuple):
     name: str | None
     identity: str | None
     cert: str | None
+    #: A reverse tunnel's address (``--allow-reverse``): listen there for this session.
+    reverse: HostPort | None = None
 
 
 def _watched(config: ServeConfig) -> dict[str, Watched[Any]]:
@@ -127,7 +130,7 @@ class Gateway:
     def enabled(self) -> bool:
         """Whether any gateway option is given (else ``serve`` behaves as without them)."""
         c = self.config
-        return any(
+        return c.mux or any(
             x is not None for x in (c.bearer_file, c.basic_auth_file, c.targets, c.web, c.client_ca)
         )
 
@@ -179,10 +182,15 @@ class Gateway:
         cert = _subject(peercert) if self.config.client_ca is not None else None
         if not upgrade:
             return await self._web(peer, request, cookie)
+        offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
+        mux = self.config.mux and MUX_SUBPROTOCOL in {p.strip() for p in offered.split(",")}
+        reverse = reverse_request(request.headers, self.config.allow_reverse, mux=mux)
+        if isinstance(reverse, NotAllowed):
+            return self._refuse(peer, reverse.status, reverse.reason, reverse.reason)
         if targets is None:
             if self.config.path is not None and split.path != self.config.path:
                 return self._refuse(peer, 404, f"the path {split.path[:100]!r} is not --path")
-            return Admission(None, None, identity, cert)
+            return Admission(None, None, identity, cert, reverse)
         name = target_name(
             split.path, split.query, prefix=self.config.path, by_query=tokens is None
         )
@@ -191,7 +199,7 @@ class Gateway:
         target = targets.by_name.get(name)
         if target is None:
             return self._refuse(peer, 404, f"no target named {name!r}", "No such target.")
-        return Admission(target, name, identity, cert)
+        return Admission(target, name, identity, cert, reverse)
 
     async def _verify(
         self, verify: Verify, tokens: BearerTokens | None, users: BasicUsers | None

@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -195,6 +196,32 @@ def test_status_advice_names_the_remedy(status: int, remedy: str) -> None:
 def test_redact_hides_user_info_only() -> None:
     assert redact(f"wss://u:{SECRET}@h:1/p?q=1") == "wss://***@h:1/p?q=1"
     assert redact("ws://h/p") == "ws://h/p"
+
+
+def test_redact_hides_tokens_in_the_query() -> None:
+    # Browsers' WebSockets cannot set headers: a gateway's token rides in the
+    # query (serve --bearer-file), and must not show in messages and logs.
+    assert redact(f"ws://h/p?token={SECRET}&x=1") == "ws://h/p?token=***&x=1"
+    assert redact(f"ws://h/p?a=1&access_token={SECRET}") == "ws://h/p?a=1&access_token=***"
+    assert redact("ws://h/p?tokens=1&mytoken=2") == "ws://h/p?tokens=1&mytoken=2"
+
+
+def test_a_refused_handshake_does_not_show_the_query_token() -> None:
+    async def main() -> str:
+        def refuse(connection: Any, request: Any) -> Any:
+            return connection.respond(401, "no\n")
+
+        async with await ws_stream.start_server(
+            lambda r, w: None, "127.0.0.1", 0, process_request=refuse
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(HandshakeError) as info:
+                await ws_stream.open_connection(f"ws://127.0.0.1:{port}/vnc?token={SECRET}")
+        return str(info.value)
+
+    message = asyncio.run(main())
+    assert SECRET not in message, message
+    assert "token=***" in message
 
 
 # Proxies: a failure of the proxy names it (credentials hidden) and says how.

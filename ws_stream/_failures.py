@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -60,14 +61,21 @@ __all__ = [
 ]
 
 
+#: Query parameters that carry a credential (a browser's WebSocket cannot set
+#: headers, so gateways take the token there): their values are hidden.
+_QUERY_TOKEN = re.compile(r"([?&](?:token|access_token)=)[^&#]*", re.IGNORECASE)
+
+
 def redact(uri: str) -> str:
-    """``uri`` with any ``user:password@`` hidden, for messages and logs.
+    """``uri`` with any ``user:password@`` and ``token=`` values hidden, for messages and logs.
 
     Also without a scheme (a mistyped proxy such as ``user:password@host:port``).
     Everything up to the *last* ``@`` is hidden: a password typed with a
     ``/``, ``?`` or ``#`` in it must not show, and hiding a little too much
-    (a path that holds an ``@``) only costs detail.
+    (a path that holds an ``@``) only costs detail. The values of the query
+    parameters ``token`` and ``access_token`` show as ``***``.
     """
+    uri = _QUERY_TOKEN.sub(r"\1***", uri)
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri

@@ -126,9 +126,9 @@ def parse(uri: str) -> WebSocketURI:
 
 
 def shown(wsuri: WebSocketURI) -> str:
-    """``wsuri`` for messages: never its user info."""
+    """``wsuri`` for messages: never its user info, nor a ``token=`` value (:func:`redact`)."""
     scheme = "wss" if wsuri.secure else "ws"
-    return f"{scheme}://{wsuri.host}:{wsuri.port}{wsuri.resource_name}"
+    return redact(f"{scheme}://{wsuri.host}:{wsuri.port}{wsuri.resource_name}")
 
 
 class ClientHandshake:

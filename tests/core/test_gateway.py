@@ -74,6 +74,7 @@ def test_a_token_is_found_in_the_header_the_query_or_the_cookie() -> None:
         ({"Authorization": "Bearer"}, "", "malformed"),
         ({"Authorization": "Bearer secret 1"}, "", "malformed"),
         ({"Authorization": "Token secret-1"}, "", "malformed"),
+        ({"Authorization": "secret-1-sent-without-its-scheme"}, "", "malformed"),
         ({"Authorization": "Bearer " + "a" * 5000}, "", "too long"),
         ({"Authorization": basic("alice", "pw")}, "", "a scheme this server does not accept"),
         ({}, "&".join(["x=1"] * 100), "too many query parameters"),

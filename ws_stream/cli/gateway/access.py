@@ -363,7 +363,8 @@ def _find(headers: Headers, query: str) -> _Found:
             else:
                 malformed = "a malformed Basic Authorization header"
         else:
-            malformed = f"a malformed or unsupported Authorization header (scheme {scheme[:20]!r})"
+            # Never the value itself: a client may send a bare token or password.
+            malformed = "a malformed or unsupported Authorization header (not Bearer nor Basic)"
     try:
         fields = parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
     except ValueError:

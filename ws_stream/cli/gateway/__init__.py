@@ -94,7 +94,7 @@ def check_files(config: ServeConfig) -> str | None:
 
 
 def _subject(cert: dict[str, Any] | None) -> str | None:
-    """A certificate's subject as ``O=Example,CN=alice``: its attributes in the certificate's order."""
+    """A certificate's subject as ``O=Example,CN=alice``, in the certificate's order."""
     if not cert:
         return None
     short = {

@@ -309,6 +309,11 @@ class WsTransport(asyncio.Transport):
                     tcp.write(data)
                 elif tcp.can_write_eof():
                     tcp.write_eof()
+                else:
+                    # TLS has no half-close in asyncio: close it (close_notify,
+                    # after the bytes written), or both sides would wait for
+                    # the other until the close timeout.
+                    tcp.close()
         deadline = engine.deadline
         if deadline != self._timer_at:
             self._arm(deadline)

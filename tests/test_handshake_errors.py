@@ -198,6 +198,42 @@ def test_redact_hides_user_info_only() -> None:
     assert redact("ws://h/p") == "ws://h/p"
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"listening on 10.0.0.1:22 is not allowed\n", '"listening on 10.0.0.1:22 is not allowed"'),
+        (b"first line\r\nsecond line\n", '"first line"'),
+        (b"\x1b[31mred\x07\n", '"[31mred"'),
+        ("x" * 500, '"' + "x" * 200 + '..."'),
+        (b"\xff\xfe binary", None),
+        (b"", None),
+    ],
+)
+def test_a_refusal_shows_what_the_server_said(body: bytes | str, said: str | None) -> None:
+    async def main() -> str:
+        def refuse(connection: Any, request: Any) -> Any:
+            response = connection.respond(403, "")
+            response.body = body.encode() if isinstance(body, str) else body
+            del response.headers["Content-Length"]  # Headers is a multidict: replace it
+            response.headers["Content-Length"] = str(len(response.body))
+            return response
+
+        async with await ws_stream.start_server(
+            lambda r, w: None, "127.0.0.1", 0, process_request=refuse
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(HandshakeError) as info:
+                await ws_stream.open_connection(f"ws://127.0.0.1:{port}/")
+        return str(info.value)
+
+    message = asyncio.run(main())
+    assert "HTTP 403" in message
+    if said is None:
+        assert "the server said" not in message, message
+    else:
+        assert f"the server said: {said}" in message, message
+
+
 def test_redact_hides_tokens_in_the_query() -> None:
     # Browsers' WebSockets cannot set headers: a gateway's token rides in the
     # query (serve --bearer-file), and must not show in messages and logs.

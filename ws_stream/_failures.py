@@ -66,6 +66,30 @@ __all__ = [
 _QUERY_TOKEN = re.compile(r"([?&](?:token|access_token)=)[^&#]*", re.IGNORECASE)
 
 
+#: Longest part of a refusal's body that a message quotes.
+_SAID_MAX = 200
+
+
+def _said(body: bytes | bytearray | None) -> str | None:
+    """The first line of a refusal's text body, quoted, for the message; None if none.
+
+    Servers often say why (``serve`` does: which credential, which address);
+    control characters are dropped and the line is cut at :data:`_SAID_MAX`.
+    """
+    if not body:
+        return None
+    try:
+        text = body[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    line = "".join(c for c in text.strip().splitlines()[0] if c.isprintable()).strip()
+    if not line:
+        return None
+    if len(line) > _SAID_MAX:
+        line = line[:_SAID_MAX] + "..."
+    return f'"{line}"'
+
+
 def redact(uri: str) -> str:
     """``uri`` with any ``user:password@`` and ``token=`` values hidden, for messages and logs.
 
@@ -383,9 +407,11 @@ def handshake_failure(
     if isinstance(exc, InvalidStatus):
         response = exc.response
         status = response.status_code
+        said = _said(response.body)
         return HandshakeError(
             f"the server at {shown} refused the WebSocket handshake with HTTP {status} "
-            f"{response.reason_phrase}; {status_advice(status)}",
+            f"{response.reason_phrase}; {status_advice(status)}"
+            + (f"; the server said: {said}" if said else ""),
             status=status,
         )
     secure = uri.lower().startswith("wss:")

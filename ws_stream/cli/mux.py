@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from ..asyncio import WsStream
+from ..exceptions import HandshakeError
 from ..mux import MuxError, Session, open_session
 from .args import HostPort, ReverseTunnel, TargetTls, UnixAddress
 from .endpoints import TcpEndpoint, open_tcp, open_unix, start_tcp_server
@@ -160,6 +161,27 @@ async def serve_session(
 Dial = Callable[[], Awaitable[WsStream]]
 
 
+async def _dial_mux(dial: Dial) -> WsStream:
+    """Open a WebSocket offering yamux; a refusal of it says what the server must run.
+
+    Raises:
+        ConnectionError: it cannot be opened, or the server did not select yamux.
+    """
+    try:
+        stream = await dial()
+    except ConnectionError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, HandshakeError) and cause.status == 400:
+            raise ConnectionError(f"{exc} (is the server serve --mux? yamux needs it)") from exc
+        raise
+    if stream.subprotocol != MUX_SUBPROTOCOL:
+        await stream.close(1002, "yamux expected")
+        raise ConnectionError(
+            "the server did not select the yamux subprotocol: start it with serve --mux"
+        )
+    return stream
+
+
 class MuxLink:
     """``forward --mux``: the one session every local client is a stream of.
 
@@ -192,13 +214,7 @@ class MuxLink:
             session = self._alive()
             if session is not None:
                 return session
-            stream = await self._dial()
-            if stream.subprotocol != MUX_SUBPROTOCOL:
-                await stream.close(1002, "yamux expected")
-                raise ConnectionError(
-                    f"the server at {self._what} did not accept the yamux subprotocol: "
-                    "start it with serve --mux"
-                )
+            stream = await _dial_mux(self._dial)
             session = await open_session(stream.reader, stream.writer, client=True)
             self._session = session
             task = asyncio.ensure_future(self._run(stream, session))
@@ -253,13 +269,10 @@ async def reverse_tunnel(
             if slot.stop.done():
                 return None
             try:
-                stream = await dial()
+                stream = await _dial_mux(dial)
             except ConnectionError as exc:
                 return f"reverse tunnel {tunnel}: {exc}"
             sessions.attach(slot, stream)
-            if stream.subprotocol != MUX_SUBPROTOCOL:
-                await stream.close(1002, "yamux expected")
-                return f"the server at {what} did not accept yamux: start it with serve --mux"
 
             def on_stream(
                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -40,7 +40,7 @@ from .gateway import Admission, Gateway
 from .gateway.reverse import MUX_SUBPROTOCOL
 from .lifecycle import EXIT_ERROR, Sessions, Shutdown, Stopped, unless_stopped, until_shutdown
 from .mux import serve_session
-from .report import addr, describe, log_connection
+from .report import addr, describe, fields, log_connection
 from .rules import CLEAN_CODES, SHUTDOWN
 from .tuning import FRAME_SIZE
 from .tunnel import WS_READ, Tunnel, watch_eof_marker
@@ -305,16 +305,21 @@ def _server_ssl(config: ServeConfig) -> ssl.SSLContext | None:
 def _subprotocol_selector(
     accepted: Sequence[str],
 ) -> Callable[[ServerConnection, Sequence[Subprotocol]], Subprotocol | None]:
-    def select(_: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    def select(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         if not offered:
             return None
         for name in accepted:
             if name in offered:
                 return Subprotocol(name)
-        raise NegotiationError(
-            f"unsupported subprotocol {', '.join(offered)}; "
+        reason = (
+            f"unsupported subprotocol {', '.join(offered)[:100]}; "
             f"this server accepts {', '.join(accepted)} or none"
         )
+        if MUX_SUBPROTOCOL in offered:
+            reason += " (yamux needs serve --mux)"
+        peer = addr(connection.remote_address) or unix_peer()
+        logger.info("refused: %s", fields(peer=peer, status=400, reason=reason))
+        raise NegotiationError(reason)
 
     return select
 

@@ -33,9 +33,12 @@ Decided here too:
 * **Protocol errors** (the session fails: Go Away with code 1, every stream
   reset, :class:`SessionFailed`): an unknown version or type, a SYN with the
   wrong parity or an id already used, data beyond the receive window, data
-  after the peer's FIN, a window that overflows 2**32 - 1, a Data frame on
-  stream 0, a ping or go away on a stream, a frame for an id never opened.
-  Frames for a stream closed or reset lately (its id was used) are ignored:
+  after the peer's FIN (while the stream is open), a window that overflows
+  2**32 - 1, a Data frame on stream 0, a ping or go away on a stream, a frame
+  for an id beyond those opened so far. A Data frame longer than its window is
+  refused at its header, before its payload is read: memory stays bounded by
+  the windows. Frames for a stream that is gone (closed both ways or reset)
+  are ignored, as are frames for a peer's id below the highest it opened:
   they may have been in flight.
 * **Go Away.** Received: no new streams may be opened (existing ones go on;
   :class:`GoneAway`); sent: the peer's new SYNs are answered with RST.
@@ -258,6 +261,15 @@ class Machine:
                     self._fail(f"unsupported yamux version {version}")
                     break
                 if type_ == Type.DATA:
+                    # Checked at the header, before its payload is buffered: no
+                    # frame may hold more than the window it is sent against.
+                    limit = self._data_limit(flags, stream)
+                    if length > limit:
+                        self._fail(
+                            f"a {length}-byte data frame on stream {stream}, beyond its "
+                            f"receive window ({limit} bytes)"
+                        )
+                        break
                     self._frame = (type_, flags, stream, length)
                     continue
                 self._control(type_, flags, stream, length)
@@ -270,6 +282,14 @@ class Machine:
             self._frame = None
             self._data(flags, stream, payload)
         del buffer[:offset]
+
+    def _data_limit(self, flags: int, stream: int) -> int:
+        """The most payload a Data frame for ``stream`` may carry."""
+        if flags & Flag.SYN:
+            return DEFAULT_WINDOW  # a new stream: the initial window
+        state = self.streams.get(stream)
+        # A stream gone lately may get frames sent against the last window.
+        return self.window if state is None else state.recv_window
 
     def _control(self, type_: int, flags: int, stream: int, length: int) -> None:
         if type_ == Type.WINDOW_UPDATE:

@@ -105,7 +105,7 @@ class MuxTransport(asyncio.Transport):
         return self._closing or self._lost
 
     def close(self) -> None:
-        """Send what is buffered, then FIN; drop what arrives until the peer's FIN ends it."""
+        """Send what is buffered, then FIN; bytes that still arrive reset the stream (as TCP)."""
         if self._closing or self._lost:
             return
         self._closing = True
@@ -227,7 +227,9 @@ class MuxTransport(asyncio.Transport):
 
     def _data(self, data: bytes) -> None:
         if self._closing:
-            self._session._consumed(self.stream, len(data))  # dropped, but granted back
+            # As TCP after close(): bytes nobody will read reset the stream,
+            # so the peer's sender learns it instead of sending forever.
+            self.abort()
         elif self._paused or self._received:
             self._received.append(data)
         else:

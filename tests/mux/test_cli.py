@@ -1,0 +1,307 @@
+"""``ws-stream serve --mux``, ``forward --mux`` and ``forward --reverse``: real subprocesses.
+
+Every address is on 127.0.0.1 (127.0.0.2 once, as an address the server must
+not be asked to listen on), every port is random, every wait is bounded and
+every subprocess is killed at the end (the ``cli`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import re
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
+
+from tests.cli.conftest import cli
+from tests.cli.helpers import Cli, free_port, run, start_tcp_echo
+
+# The `cli` fixture of tests/cli (every ws-stream subprocess killed at the end).
+__all__ = ["cli"]
+
+Start = Callable[..., Cli]
+
+#: serve -v: one line per WebSocket carrying a yamux session.
+MUX_CONNECTED = r"connected \(subprotocol yamux\)"
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def exchange(port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send ``data``, half-close, and read the answer to EOF."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        writer.write_eof()
+        return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def refuses(host: str, port: int) -> bool:
+    """Whether a TCP connection to ``host:port`` is refused (nothing listens)."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect((host, port))
+        except ConnectionRefusedError:
+            return True
+        return False
+
+
+def serve_mux(cli: Start, *args: str) -> tuple[Cli, str]:
+    """``serve --port 0 --mux -v ARGS``: the process and its ws:// URI."""
+    serve = cli("serve", "--port", "0", "--mux", "-v", *args)
+    return serve, f"ws://127.0.0.1:{serve.port()}/"
+
+
+def forward_mux(cli: Start, uri: str, *args: str) -> tuple[Cli, int]:
+    """``forward --listen 127.0.0.1:0 --mux ARGS URI``: the process and its port."""
+    forward = cli("forward", "--listen", "127.0.0.1:0", "--mux", *args, uri)
+    return forward, forward.port()
+
+
+# forward --mux
+
+
+def test_200_concurrent_clients_share_one_websocket(cli: Start) -> None:
+    count = 200
+    rng = random.Random(20240611)
+    sizes = [0, 256 * 1024] + [rng.randrange(256 * 1024 + 1) for _ in range(count - 2)]
+
+    async def main() -> Cli:
+        server, echo_port, accepted = await start_tcp_echo()
+        async with server:
+            serve, uri = await asyncio.to_thread(serve_mux, cli, "--to", f"127.0.0.1:{echo_port}")
+            forward, port = await asyncio.to_thread(forward_mux, cli, uri)
+
+            async def one(size: int) -> tuple[str, str]:
+                data = os.urandom(size)
+                return digest(data), digest(await exchange(port, data))
+
+            results = await asyncio.gather(*(one(size) for size in sizes))
+            wrong = [i for i, (sent, echoed) in enumerate(results) if sent != echoed]
+            assert not wrong, f"{len(wrong)} of {count} echoes differ: clients {wrong[:10]}"
+            assert len(accepted) == count
+            serve.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(serve.wait, 15) == 0
+        return serve
+
+    serve = run(main(), 60)
+    connected = [line for line in serve.lines if "connected (subprotocol" in line]
+    assert len(connected) == 1 and "yamux" in connected[0], serve.stderr
+    closed = [line for line in serve.lines if "connection closed:" in line]
+    assert len(closed) == 1, serve.stderr
+    # Every byte crossed that one WebSocket (plus yamux's frame headers).
+    received = re.search(r" received=(\d+)", closed[0])
+    assert received and sum(sizes) <= int(received.group(1)) < sum(sizes) + 2**20, closed[0]
+
+
+def test_reconnect_fast_opens_a_new_session_after_the_server_died(cli: Start) -> None:
+    async def main() -> None:
+        serve, uri = serve_mux(cli)  # echo
+        serve_port = int(uri.rsplit(":", 1)[1].rstrip("/"))
+        forward, port = forward_mux(cli, uri, "--reconnect", "fast")
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"before the crash")
+        assert await reader.readexactly(16) == b"before the crash"
+        serve.signal(signal.SIGKILL)
+        # A stream open at the drop is reset: never a clean EOF that looks complete.
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        assert await asyncio.to_thread(serve.wait, 10) == -signal.SIGKILL
+
+        again = cli("serve", "--port", str(serve_port), "--mux", "-v")
+        assert again.port() == serve_port
+        data = os.urandom(300_000)
+        assert digest(await exchange(port, data)) == digest(data)
+        await asyncio.to_thread(again.wait_for, MUX_CONNECTED)
+        await asyncio.to_thread(forward.wait_for, "mux session open to", 10, 2)
+        assert len([line for line in again.lines if "connected (subprotocol" in line]) == 1
+
+    run(main(), 45)
+
+
+def test_unreachable_target_resets_the_stream_not_the_session(cli: Start) -> None:
+    target_port = free_port()
+
+    async def main() -> None:
+        serve, uri = serve_mux(cli, "--to", f"127.0.0.1:{target_port}")
+        forward, port = forward_mux(cli, uri)
+        # The server resets the stream it cannot bridge; forward resets its client
+        # (a ConnectionResetError, never an empty answer that looks complete).
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(exchange(port, b"anyone there?"), 15)
+        await asyncio.to_thread(serve.wait_for, rf"cannot connect to 127\.0\.0\.1:{target_port}")
+
+        # The session lives on: once the target listens, the next client gets through.
+        accepted: list[int] = []
+        target = await asyncio.start_server(
+            lambda r, w: _echo_once(r, w, accepted), "127.0.0.1", target_port
+        )
+        async with target:
+            data = os.urandom(100_000)
+            assert digest(await asyncio.wait_for(exchange(port, data), 15)) == digest(data)
+        assert len(accepted) == 1
+        assert len([line for line in serve.lines if "connected (subprotocol" in line]) == 1
+
+    run(main(), 45)
+
+
+async def _echo_once(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, accepted: list[int]
+) -> None:
+    accepted.append(1)
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+    finally:
+        writer.close()
+
+
+def test_forward_mux_to_a_server_without_mux_says_serve_mux(cli: Start) -> None:
+    async def main() -> None:
+        serve = cli("serve", "--port", "0", "-v")
+        forward, port = forward_mux(cli, f"ws://127.0.0.1:{serve.port()}/")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(exchange(port, b"hello"), 15)
+        await asyncio.to_thread(forward.wait_for, r"cannot open a stream")
+        assert "serve --mux" in forward.stderr, forward.stderr
+
+    run(main(), 30)
+
+
+# forward --reverse
+
+
+def test_reverse_tunnel_end_to_end(cli: Start) -> None:
+    remote = free_port()
+    size = 1024 * 1024
+
+    async def main() -> None:
+        server, echo_port, accepted = await start_tcp_echo()
+        async with server:
+            serve, uri = serve_mux(cli, "--allow-reverse", f"127.0.0.1:{remote}-{remote}")
+            forward = cli("forward", "--reverse", f"127.0.0.1:{remote}:127.0.0.1:{echo_port}", uri)
+            await asyncio.to_thread(serve.wait_for, rf"reverse=127\.0\.0\.1:{remote} listening")
+
+            async def one() -> tuple[str, str]:
+                data = os.urandom(size)
+                echoed = await exchange(remote, data)
+                assert len(echoed) == size
+                return digest(data), digest(echoed)
+
+            results = await asyncio.gather(*(one() for _ in range(6)))
+            assert all(sent == echoed for sent, echoed in results)
+            assert len(accepted) == 6
+            assert len([line for line in serve.lines if "connected (subprotocol" in line]) == 1
+
+            # The server listens there only while the tunnel's session lives.
+            forward.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(forward.wait, 15) == 0
+            await asyncio.to_thread(serve.wait_for, "connection closed:")
+            assert refuses("127.0.0.1", remote)
+
+    run(main(), 45)
+
+
+@pytest.mark.parametrize(
+    "case", ["outside the range", "another IP", "no --allow-reverse", "no --mux"]
+)
+def test_reverse_tunnel_refused(cli: Start, case: str) -> None:
+    allowed, other = free_port(), free_port()
+    while other == allowed:
+        other = free_port()
+    host, port = "127.0.0.1", allowed
+    serve_args = ["--mux", "--allow-reverse", f"127.0.0.1:{allowed}-{allowed}"]
+    status, reason = 403, "is not allowed"
+    if case == "outside the range":
+        port = other
+    elif case == "another IP":
+        host = "127.0.0.2"
+    elif case == "no --allow-reverse":
+        serve_args = ["--mux"]
+        reason = "allows no reverse tunnels"
+    else:
+        serve_args = []
+        status, reason = 400, ""
+    serve = cli("serve", "--port", "0", "-v", *serve_args)
+    uri = f"ws://127.0.0.1:{serve.port()}/"
+    forward = cli("forward", "--reverse", f"{host}:{port}:127.0.0.1:{free_port()}", uri)
+    assert forward.wait(20) == 1
+    assert f"reverse tunnel {host}:{port}" in forward.stderr, forward.stderr
+    assert f"refused the WebSocket handshake with HTTP {status}" in forward.stderr, forward.stderr
+    serve.wait_for(rf"refused: .*status={status}.*{reason}", 5)
+    assert refuses(host, port)
+
+
+def test_reverse_tunnel_to_a_name_is_refused(cli: Start) -> None:
+    port = free_port()
+    serve, uri = serve_mux(cli, "--allow-reverse", f"127.0.0.1:{port}")
+    # forward takes an IP address only ...
+    forward = cli("forward", "--reverse", f"localhost:{port}:127.0.0.1:{free_port()}", uri)
+    assert forward.wait(20) == 2
+    assert "expected REMOTE_IP:PORT" in forward.stderr, forward.stderr
+
+    # ... and serve, asked directly, resolves no name either.
+    async def ask() -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(
+                uri,
+                subprotocols=[Subprotocol("yamux")],
+                additional_headers={"X-WS-Stream-Reverse": f"localhost:{port}"},
+                proxy=None,
+                open_timeout=10,
+            ):
+                pass
+        return refused.value.response.status_code
+
+    assert run(ask(), 20) == 400
+    serve.wait_for(r"refused: .*status=400.*must be IP:PORT", 5)
+    assert refuses("127.0.0.1", port)
+
+
+def test_reverse_tunnel_needs_the_bearer_token(cli: Start, tmp_path: Path) -> None:
+    remote = free_port()
+    token = "s3cret-reverse-token"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{token} alice\n")
+
+    async def main() -> None:
+        server, echo_port, _ = await start_tcp_echo()
+        async with server:
+            serve, uri = serve_mux(
+                cli, "--allow-reverse", f"127.0.0.1:{remote}", "--bearer-file", str(tokens)
+            )
+            reverse = f"127.0.0.1:{remote}:127.0.0.1:{echo_port}"
+            without = cli("forward", "--reverse", reverse, uri)
+            assert await asyncio.to_thread(without.wait, 20) == 1
+            assert "HTTP 401" in without.stderr, without.stderr
+            await asyncio.to_thread(serve.wait_for, r"refused: .*status=401")
+            assert refuses("127.0.0.1", remote)
+
+            cli("forward", "--reverse", reverse, "--bearer", token, uri)
+            await asyncio.to_thread(serve.wait_for, rf"reverse=127\.0\.0\.1:{remote} listening")
+            data = os.urandom(200_000)
+            assert digest(await asyncio.wait_for(exchange(remote, data), 15)) == digest(data)
+            assert token not in serve.stderr
+
+    run(main(), 40)

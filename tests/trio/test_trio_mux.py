@@ -1,0 +1,165 @@
+"""ws_stream.mux.trio: yamux streams as trio HalfCloseableStreams, over real WebSockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+import trio
+import trio.testing
+
+import ws_stream.trio
+from ws_stream.mux import MuxError
+from ws_stream.mux.trio import MuxStream, Session, open_session
+from ws_stream.trio import WsStream
+
+from ..cli.helpers import LISTENING, cli_env, command
+from .helpers import accepting_server
+
+pytestmark = pytest.mark.trio
+
+
+async def sessions(nursery: trio.Nursery) -> tuple[WsStream, WsStream]:
+    uri, accepted = await accepting_server(nursery)
+    client = await ws_stream.trio.connect_stream(nursery, uri)
+    server = await accepted.receive()
+    return client, server
+
+
+async def test_the_stream_checker_passes(nursery: trio.Nursery) -> None:
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+
+        async def stream_maker() -> tuple[MuxStream, MuxStream]:
+            left = await client.open_stream()
+            right = await server.accept()
+            return left, right
+
+        await trio.testing.check_half_closeable_stream(stream_maker, None)
+
+
+async def test_concurrent_streams_both_ways_with_checksums(nursery: trio.Nursery) -> None:
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+
+        async def echo_all(session: Session) -> None:
+            async with trio.open_nursery() as echoes:
+                async for stream in session:
+
+                    async def echo(stream: MuxStream = stream) -> None:
+                        while data := await stream.receive_some():
+                            await stream.send_all(data)
+                        await stream.send_eof()
+
+                    echoes.start_soon(echo)
+
+        results: list[bool] = []
+
+        async def one(session: Session, size: int) -> None:
+            stream = await session.open_stream()
+            data = os.urandom(size)
+            got = bytearray()
+            async with trio.open_nursery() as inner:
+
+                async def send() -> None:
+                    await stream.send_all(data)
+                    await stream.send_eof()
+
+                inner.start_soon(send)
+                while chunk := await stream.receive_some():
+                    got += chunk
+            await stream.aclose()
+            results.append(hashlib.sha256(got).digest() == hashlib.sha256(data).digest())
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(echo_all, server)
+                inner.start_soon(echo_all, client)
+                async with trio.open_nursery() as senders:
+                    for i in range(16):
+                        senders.start_soon(one, client, (i * 97_531) % (1 << 20))
+                        senders.start_soon(one, server, (i * 13_579) % (1 << 20))
+                inner.cancel_scope.cancel()
+        assert results == [True] * 32
+        assert await client.ping() > 0
+
+
+async def test_a_reset_is_never_a_clean_eof(nursery: trio.Nursery) -> None:
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+        stream = await client.open_stream()
+        await stream.send_all(b"partial")
+        peer = await server.accept()
+        assert await peer.receive_some() == b"partial"
+        await stream.reset()
+        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError, match="reset"):
+            while await peer.receive_some():
+                pass
+
+
+async def test_the_session_lost_breaks_every_stream(nursery: trio.Nursery) -> None:
+    client_ws, server_ws = await sessions(nursery)
+    async with open_session(client_ws, client=True) as client:
+        async with open_session(server_ws, client=False) as server:
+            streams = [await client.open_stream() for _ in range(3)]
+            for stream in streams:
+                await stream.send_all(b"x")
+                await server.accept()
+            await trio.aclose_forcefully(server_ws)  # the WebSocket under the server drops
+        for stream in streams:
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError, match="session"):
+                while await stream.receive_some():
+                    pass
+        with pytest.raises(MuxError):
+            await client.accept()
+
+
+async def test_a_trio_client_through_ws_stream_serve_mux(nursery: trio.Nursery) -> None:
+    """The trio shell against the asyncio shell: `ws-stream serve --mux` echoes each stream."""
+    serve = subprocess.Popen(
+        command("serve", "--port", "0", "--mux"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        assert serve.stderr is not None
+        line = await trio.to_thread.run_sync(serve.stderr.readline)
+        match = LISTENING.search(line)
+        assert match, line
+        with trio.fail_after(30):
+            ws = await ws_stream.trio.connect_stream(
+                nursery, f"ws://127.0.0.1:{match.group(1)}/", subprotocols=["yamux"]
+            )
+            assert ws.subprotocol == "yamux"
+            async with open_session(ws, client=True) as session:
+                for size in (0, 1, 300_000, 2_000_000):
+                    stream = await session.open_stream()
+                    data = os.urandom(size)
+                    got = bytearray()
+                    async with trio.open_nursery() as inner:
+
+                        async def send(stream: MuxStream = stream, data: bytes = data) -> None:
+                            await stream.send_all(data)
+                            await stream.send_eof()
+
+                        inner.start_soon(send)
+                        while chunk := await stream.receive_some():
+                            got += chunk
+                    assert bytes(got) == data
+                    await stream.aclose()
+            await ws.aclose()
+    finally:
+        serve.terminate()
+        serve.wait(10)

@@ -23,14 +23,14 @@ from .._options import StreamOptions
 from .._policy import EventHub
 from ..events import Event
 
-__all__ = ["WsTransport"]
+__all__ = ["WsTransport", "feed_buffered"]
 
 logger = logging.getLogger("ws_stream.asyncio")
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)  # (built once: write() is a hot path)
 
 
-def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+def feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
     """Hand ``data`` to a buffered protocol (SSLProtocol after start_tls)."""
     view = memoryview(data)
     while view:
@@ -259,7 +259,7 @@ class WsTransport(asyncio.Transport):
             return
         protocol = self._protocol
         if self._buffered:
-            _feed_buffered(protocol, data)  # type: ignore[arg-type]
+            feed_buffered(protocol, data)  # type: ignore[arg-type]
         else:
             protocol.data_received(data)  # type: ignore[union-attr]
 

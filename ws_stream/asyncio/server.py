@@ -210,8 +210,7 @@ class _Handshaking(asyncio.Protocol):
         assert self.connection is not None
         logger.error("the handshake hooks failed; answering 500", exc_info=exc)
         self.connection.transport.write(
-            b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-            b"Content-Length: 0\r\n\r\n"
+            b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
         self._stop_timer()
         self.connection.transport.close()

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final
 
+from ..asyncio._transport import feed_buffered
 from ._machine import (
     DEFAULT_WINDOW,
     Acked,
@@ -61,6 +63,9 @@ _CLOSE_TIMEOUT: Final = 10.0
 
 
 class MuxTransport(asyncio.Transport):
+    # loop.start_tls() accepts it: its protocol may become an SSLProtocol (buffered).
+    _start_tls_compatible = True
+
     """One yamux stream as an ``asyncio.Transport``.
 
     ``write()`` never blocks: bytes wait in the stream's buffer while its
@@ -77,6 +82,7 @@ class MuxTransport(asyncio.Transport):
         self._session = session
         self.stream = stream
         self._protocol: asyncio.BaseProtocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._pending: deque[memoryview] = deque()
         self._pending_size = 0
         self._eof_pending = False  # write_eof() called: FIN once the buffer is sent
@@ -116,6 +122,7 @@ class MuxTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -132,9 +139,16 @@ class MuxTransport(asyncio.Transport):
         if not self._paused:
             return
         self._paused = False
+        if self._received or self._eof_received:
+            # Later, as asyncio's transports do: StreamReader resumes reading
+            # before it makes the waiter that the data must wake.
+            self._session._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        """Hand over what was held while reading was paused."""
         while self._received and not self._paused and not self._lost:
             self._deliver(self._received.popleft())
-        if self._eof_received and not self._received and not self._paused:
+        if self._eof_received and not self._received and not self._paused and not self._lost:
             self._deliver_eof()
 
     # asyncio.WriteTransport
@@ -236,7 +250,10 @@ class MuxTransport(asyncio.Transport):
             self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
-        self._protocol.data_received(data)  # type: ignore[attr-defined]
+        if self._buffered:
+            feed_buffered(self._protocol, data)  # type: ignore[arg-type]
+        else:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
         self._session._consumed(self.stream, len(data))
 
     def _eof(self) -> None:
@@ -352,11 +369,12 @@ class Session:
             elif isinstance(event, Pong):
                 waiter = self._pings.pop(event.opaque, None)
                 if waiter is not None and not waiter[0].done():
-                    waiter[0].set_result(self._loop.time() - waiter[1])
+                    waiter[0].set_result(time.perf_counter() - waiter[1])
             elif isinstance(event, SessionFailed):
                 self._failed(event)
             elif isinstance(event, GoneAway):
                 logger.info("the peer went away: no new streams on this session")
+                self._wake_acceptor()
             elif isinstance(event, (Acked, Pinged)):
                 pass
         self._output()
@@ -515,7 +533,7 @@ class Session:
         """
         opaque = self.machine.ping()
         future: asyncio.Future[float] = self._loop.create_future()
-        self._pings[opaque] = (future, self._loop.time())
+        self._pings[opaque] = (future, time.perf_counter())
         self._output()
         try:
             async with asyncio.timeout(timeout):
@@ -540,10 +558,9 @@ class Session:
         """
         if self.machine.failed is None:
             self.go_away()
-            for stream in list(self._transports):
-                transport = self._transports.get(stream)
-                if transport is not None:
-                    transport.abort()
+            for stream, transport in list(self._transports.items()):
+                self._reset(stream)
+                transport._connection_lost(ConnectionAbortedError("the mux session was closed"))
             self.machine.lost("the session was closed")
             self._process()
         self._flusher.cancel()

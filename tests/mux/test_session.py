@@ -1,0 +1,626 @@
+"""End to end: yamux sessions (``ws_stream.mux``) over real WebSockets on 127.0.0.1.
+
+The server runs :func:`ws_stream.mux.open_session` in a
+:func:`ws_stream.start_server` handler, the client over
+:func:`ws_stream.connect_stream`; every stream is a real
+``StreamReader``/``StreamWriter`` pair, every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trustme
+
+import ws_stream
+from ws_stream import mux
+from ws_stream.mux import MuxError, Session
+
+KiB = 2**10
+MiB = 2**20
+#: Random bytes: every payload is a slice of it (an offset and a size).
+BLOCK = os.urandom(24 * MiB)
+
+StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+OnStream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def payload(offset: int, size: int) -> memoryview:
+    return memoryview(BLOCK)[offset : offset + size]
+
+
+def digest(data: bytes | memoryview) -> tuple[int, str]:
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+async def digest_to_eof(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """Read to EOF: how many bytes, and their sha256."""
+    hasher = hashlib.sha256()
+    count = 0
+    while chunk := await reader.read(256 * KiB):
+        hasher.update(chunk)
+        count += len(chunk)
+    return count, hasher.hexdigest()
+
+
+async def send_all(
+    writer: asyncio.StreamWriter, data: memoryview, rng: random.Random, *, eof: bool = True
+) -> None:
+    """Write ``data`` in random pieces (1 B to 256 KiB), draining; then write_eof()."""
+    offset = 0
+    while offset < len(data):
+        size = rng.randint(1, 256 * KiB)
+        writer.write(data[offset : offset + size])
+        offset += size
+        await writer.drain()
+    if eof:
+        writer.write_eof()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def stream_id(writer: asyncio.StreamWriter) -> int:
+    sid = writer.get_extra_info("mux_stream")
+    assert isinstance(sid, int)
+    return sid
+
+
+@dataclass
+class Pair:
+    client: Session
+    server: Session
+    stream: ws_stream.WsStream  # the client's WebSocket, under the client session
+
+
+@contextlib.asynccontextmanager
+async def mux_pair(
+    *,
+    server_options: dict[str, Any] | None = None,
+    client_options: dict[str, Any] | None = None,
+    on_stream: OnStream | None = None,
+) -> AsyncIterator[Pair]:
+    """A client session and the server session it talks to, over a real WebSocket."""
+    loop = asyncio.get_running_loop()
+    opened: asyncio.Future[Session] = loop.create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = await mux.open_session(
+            reader, writer, client=False, on_stream=on_stream, **(server_options or {})
+        )
+        opened.set_result(session)
+        await session.wait_closed()
+
+    server = await ws_stream.start_server(handler, "127.0.0.1", 0, ping_interval=None)
+    client: Session | None = None
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(10):
+            stream = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/", ping_interval=None)
+            client = await mux.open_session(
+                stream.reader, stream.writer, client=True, **(client_options or {})
+            )
+            server_session = await opened
+        yield Pair(client, server_session, stream)
+    finally:
+        async with asyncio.timeout(20):
+            if client is not None:
+                await client.close()
+            if opened.done():
+                await opened.result().close()
+            server.close()
+            await server.wait_closed()
+
+
+async def opened_pair(opener: Session, acceptor: Session) -> tuple[StreamPair, StreamPair]:
+    """A stream ``opener`` opens and ``acceptor`` accepts (one byte crossed it)."""
+    reader, writer = await opener.open_stream()
+    writer.write(b"!")
+    async with asyncio.timeout(10):
+        peer_reader, peer_writer = await acceptor.accept()
+        assert await peer_reader.readexactly(1) == b"!"
+    assert stream_id(peer_writer) == stream_id(writer)
+    return (reader, writer), (peer_reader, peer_writer)
+
+
+# Many streams, both ways
+
+
+async def test_64_streams_opened_by_each_side_both_directions_at_once() -> None:
+    rng = random.Random(20240501)
+    sizes = iter([0, 1, 4 * MiB, 4 * MiB - 1] + [rng.randint(0, 4 * MiB) for _ in range(124)])
+    # stream id -> (what its opener sends, what its acceptor sends); ids are unique
+    # across the session (the client's odd, the server's even)
+    plan: dict[int, tuple[memoryview, memoryview]] = {}
+
+    def pick() -> memoryview:
+        return payload(rng.randrange(0, 16 * MiB), next(sizes, rng.randint(0, 4 * MiB)))
+
+    async def exchange(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        send: memoryview,
+        expect: memoryview,
+    ) -> None:
+        sender = asyncio.create_task(send_all(writer, send, random.Random(len(send))))
+        got = await digest_to_eof(reader)
+        await sender
+        assert got == digest(expect), f"stream {stream_id(writer)}"
+        assert reader.at_eof()
+        writer.close()
+        await writer.wait_closed()
+
+    async def opener(session: Session) -> None:
+        reader, writer = await session.open_stream()
+        sid = stream_id(writer)
+        assert sid % 2 == (1 if session is pair.client else 0)
+        plan[sid] = (pick(), pick())  # before any await: the peer cannot have it yet
+        await exchange(reader, writer, *plan[sid])
+
+    async def acceptor(session: Session) -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(64):
+                reader, writer = await session.accept()
+                sent_by_opener, sent_by_acceptor = plan[stream_id(writer)]
+                group.create_task(exchange(reader, writer, sent_by_acceptor, sent_by_opener))
+
+    async with mux_pair() as pair, asyncio.timeout(100):
+        async with asyncio.TaskGroup() as group:
+            for side in (pair.client, pair.server):
+                group.create_task(acceptor(side))
+                for _ in range(64):
+                    group.create_task(opener(side))
+        assert len(plan) == 128
+        await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
+
+
+async def test_half_close_the_other_side_reads_eof_after_all_bytes_and_writes_back() -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        for opener, acceptor in ((pair.client, pair.server), (pair.server, pair.client)):
+            reader, writer = await opener.open_stream()
+            request, reply = payload(5, 3 * MiB), payload(7 * MiB, 2 * MiB + 3)
+            sender = asyncio.create_task(send_all(writer, request, random.Random(1)))
+            peer_reader, peer_writer = await acceptor.accept()
+            assert await digest_to_eof(peer_reader) == digest(request)
+            assert peer_reader.at_eof()
+            await sender
+            with pytest.raises(RuntimeError):
+                writer.write(b"after write_eof")
+            assert not peer_writer.is_closing()
+            # the half-closed stream still carries bytes the other way
+            _, got = await asyncio.gather(
+                send_all(peer_writer, reply, random.Random(2)), digest_to_eof(reader)
+            )
+            assert got == digest(reply)
+            await writer.wait_closed()
+            await peer_writer.wait_closed()
+        await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
+
+
+async def test_close_then_wait_closed_ends_the_stream_on_both_sides() -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        reader, writer = await pair.client.open_stream()
+        data = payload(3, MiB)
+        writer.write(data)
+        writer.close()  # FIN after the buffered bytes
+        assert writer.is_closing()
+        peer_reader, peer_writer = await pair.server.accept()
+        assert await digest_to_eof(peer_reader) == digest(data)
+        peer_writer.write(b"dropped: the other side closed")
+        peer_writer.close()
+        await writer.wait_closed()
+        await peer_writer.wait_closed()
+        assert await reader.read() == b""
+        await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
+
+
+@pytest.mark.parametrize("aborting", ["client", "server"])
+async def test_abort_makes_the_peer_reader_raise_connection_reset(aborting: str) -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        ends = await opened_pair(pair.client, pair.server)
+        (_, writer), (peer_reader, peer_writer) = ends if aborting == "client" else ends[::-1]
+        sid = stream_id(writer)
+
+        async def flood() -> None:  # the peer is blocked writing when the reset comes
+            while True:
+                peer_writer.write(BLOCK[:MiB])
+                await peer_writer.drain()
+
+        flooder = asyncio.create_task(flood())
+        await until(lambda: peer_writer.transport.get_write_buffer_size() > 256 * KiB)
+        writer.transport.abort()
+        with pytest.raises(ConnectionResetError, match=f"the peer reset mux stream {sid}$"):
+            await peer_reader.read(65536)
+        with pytest.raises(ConnectionResetError, match=f"mux stream {sid}"):
+            await flooder
+        with pytest.raises(ConnectionResetError):
+            await peer_writer.wait_closed()
+        await writer.wait_closed()
+        # the session goes on
+        (reader2, writer2), (peer_reader2, peer_writer2) = await opened_pair(
+            pair.server, pair.client
+        )
+        writer2.write(b"still here")
+        writer2.write_eof()
+        assert await peer_reader2.read() == b"still here"
+        await until(lambda: pair.client.streams == 1 and pair.server.streams == 1)
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 * MiB])
+async def test_abort_right_after_writing_is_never_a_clean_eof(size: int) -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (_, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        writer.write(payload(0, size))
+        writer.transport.abort()
+        received = 0
+        with pytest.raises(ConnectionResetError, match=f"mux stream {stream_id(writer)}"):
+            while chunk := await peer_reader.read(65536):
+                received += len(chunk)
+        assert received <= size
+
+
+@pytest.mark.parametrize("size", [3 * 2**16, MiB, 4 * MiB])
+async def test_readexactly_more_than_twice_the_reader_limit(size: int) -> None:
+    """The StreamReader pauses the stream past 2 * limit; readexactly() resumes it."""
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        data = payload(9, size)
+        peer_writer.write(data)  # and no EOF: the bytes alone must wake the reader
+        async with asyncio.timeout(10):
+            got = await reader.readexactly(size)
+        assert digest(got) == digest(data)
+        writer.write(data)
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            got = await peer_reader.readexactly(size)
+        assert digest(got) == digest(data)
+        assert await peer_reader.read() == b""
+
+
+# start_tls inside one stream
+
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+@pytest.mark.default_loop_only  # uvloop's start_tls() takes uvloop's transports only
+async def test_start_tls_inside_one_stream_while_others_carry_data() -> None:
+    server_ctx, client_ctx = tls_contexts()
+    up, down = payload(11, 3 * MiB), payload(5 * MiB, 2 * MiB + 1)
+
+    async def tls_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        writer.write(b"OK\n")  # no await before start_tls: the ClientHello goes to TLS
+        tls_reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(tls_reader)
+        transport = await loop.start_tls(writer.transport, protocol, server_ctx, server_side=True)
+        assert transport is not None
+        protocol.connection_made(transport)
+        tls_writer = asyncio.StreamWriter(transport, protocol, tls_reader, loop)
+        size = int.from_bytes(await tls_reader.readexactly(8), "big")
+        got = hashlib.sha256(await tls_reader.readexactly(size)).digest()
+        tls_writer.write(got + len(down).to_bytes(8, "big") + bytes(down))
+        await tls_writer.drain()
+        assert await tls_reader.read() == b""
+        tls_writer.close()
+        await tls_writer.wait_closed()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        await (tls_server if line == b"STARTTLS\n" else echo)(reader, writer)
+
+    async def plain(i: int) -> None:
+        reader, writer = await pair.client.open_stream()
+        writer.write(b"PLAIN\n")
+        data = payload(i * MiB, 2 * MiB)
+        _, got = await asyncio.gather(
+            send_all(writer, data, random.Random(i)), digest_to_eof(reader)
+        )
+        assert got == digest(data)
+
+    async def tls() -> None:
+        reader, writer = await pair.client.open_stream()
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"OK\n"
+        await writer.start_tls(client_ctx, server_hostname="localhost")
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert ssl_object is not None and ssl_object.version().startswith("TLS")
+        writer.write(len(up).to_bytes(8, "big") + bytes(up))
+        await writer.drain()
+        assert (await reader.readexactly(32)).hex() == digest(up)[1]
+        size = int.from_bytes(await reader.readexactly(8), "big")
+        assert digest(await reader.readexactly(size)) == digest(down)
+        writer.close()
+        await writer.wait_closed()
+
+    async with mux_pair(on_stream=serve) as pair, asyncio.timeout(30):
+        async with asyncio.TaskGroup() as group:
+            for i in range(4):
+                group.create_task(plain(i))
+            group.create_task(tls())
+            for i in range(4, 8):
+                group.create_task(plain(i))
+        await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
+
+
+# Head-of-line blocking
+
+
+async def test_a_stalled_reader_holds_no_other_stream_back() -> None:
+    stalled_size, fast_size, fast_count = 8 * MiB, 16 * MiB, 8
+    stalled: dict[str, Any] = {"written": 0, "in_drain": False}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        role = await reader.readexactly(1)
+        if role == b"S":
+            stalled["writer"] = writer
+            data = payload(0, stalled_size)
+            for offset in range(0, stalled_size, 64 * KiB):
+                writer.write(data[offset : offset + 64 * KiB])
+                stalled["written"] = offset + 64 * KiB
+                stalled["in_drain"] = True
+                await writer.drain()
+                stalled["in_drain"] = False
+            writer.write_eof()
+        else:
+            i = role[0]
+            await send_all(writer, payload(i * MiB, fast_size), random.Random(i))
+
+    async def fast(i: int) -> tuple[int, str]:
+        reader, writer = await pair.client.open_stream()
+        writer.write(bytes([i]))
+        return await digest_to_eof(reader)
+
+    async with mux_pair(on_stream=serve) as pair, asyncio.timeout(90):
+        stalled_reader, stalled_writer = await pair.client.open_stream()
+        stalled_writer.write(b"S")
+        await until(lambda: stalled["in_drain"])
+        written = stalled["written"]
+        await asyncio.sleep(0.2)
+        assert stalled["in_drain"] and stalled["written"] == written, "the feeder is not blocked"
+        async with asyncio.timeout(60):  # generous: 128 MiB over loopback
+            results = await asyncio.gather(*(fast(i) for i in range(1, fast_count + 1)))
+        for i, result in enumerate(results, 1):
+            assert result == digest(payload(i * MiB, fast_size)), f"fast stream {i}"
+        # the stalled stream's feeder waited in drain() the whole time
+        assert stalled["in_drain"] and stalled["written"] == written
+        assert written <= 2 * MiB, f"{written} bytes written to a stream nobody reads"
+        assert stalled["writer"].transport.get_write_buffer_size() > 0
+        assert await digest_to_eof(stalled_reader) == digest(payload(0, stalled_size))
+        assert not stalled["in_drain"]
+
+
+# Limits
+
+
+async def test_max_streams_resets_the_streams_beyond_it() -> None:
+    async with mux_pair(server_options={"max_streams": 4}) as pair, asyncio.timeout(30):
+        streams = [await pair.client.open_stream() for _ in range(6)]
+        for _, writer in streams:
+            writer.write(b"hello")
+        for reader, writer in streams[4:]:
+            with pytest.raises(ConnectionResetError, match=f"mux stream {stream_id(writer)}$"):
+                await reader.read()
+        accepted = [await pair.server.accept() for _ in range(4)]
+        assert [stream_id(w) for _, w in accepted] == [stream_id(w) for _, w in streams[:4]]
+        for (reader, _), (peer_reader, peer_writer) in zip(streams[:4], accepted, strict=True):
+            assert await peer_reader.readexactly(5) == b"hello"
+            peer_writer.write(b"world")
+            assert await reader.readexactly(5) == b"world"
+            assert reader.exception() is None
+        assert pair.server.streams == 4
+        # one ends (both FINs): a new stream fits
+        reader, writer = streams[0]
+        peer_reader, peer_writer = accepted[0]
+        writer.write_eof()
+        assert await peer_reader.read() == b""
+        peer_writer.write_eof()
+        assert await reader.read() == b""
+        await until(lambda: pair.server.streams == 3)
+        # (kept: a StreamWriter closes its stream when garbage collected)
+        kept = await opened_pair(pair.client, pair.server)
+        assert pair.server.streams == 4
+        reader, writer = await pair.client.open_stream()  # the fifth again: refused
+        with pytest.raises(ConnectionResetError):
+            await reader.read()
+        assert not kept[0][1].is_closing()
+
+
+async def test_max_streams_on_this_side_refuses_open_stream() -> None:
+    async with mux_pair(client_options={"max_streams": 2}) as pair, asyncio.timeout(10):
+        kept = [await pair.client.open_stream(), await pair.client.open_stream()]
+        with pytest.raises(MuxError, match="max_streams"):
+            await pair.client.open_stream()
+        assert pair.client.streams == 2
+        assert not any(writer.is_closing() for _, writer in kept)
+
+
+async def test_backlog_resets_streams_the_server_does_not_accept() -> None:
+    async with mux_pair(server_options={"backlog": 3}) as pair, asyncio.timeout(30):
+        streams = [await pair.client.open_stream() for _ in range(5)]
+        for i, (_, writer) in enumerate(streams):
+            writer.write(b"%d" % i)
+        for reader, _ in streams[3:]:
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
+        await pair.client.ping()  # a barrier: what the server sent came first
+        for reader, _ in streams[:3]:
+            assert reader.exception() is None
+        for i in range(3):
+            peer_reader, peer_writer = await pair.server.accept()
+            assert stream_id(peer_writer) == stream_id(streams[i][1])
+            assert await peer_reader.readexactly(1) == b"%d" % i
+        # accepted: the backlog has room again
+        (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        peer_writer.write(b"ok")
+        assert await reader.readexactly(2) == b"ok"
+
+
+async def test_go_away_refuses_new_streams_and_existing_ones_finish() -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        iterated: list[StreamPair] = []
+
+        async def iterate(session: Session) -> None:
+            async for stream in session:
+                iterated.append(stream)
+
+        client_iteration = asyncio.create_task(iterate(pair.client))
+        pair.server.go_away()
+        await pair.client.ping()  # a barrier: the Go Away came first
+        with pytest.raises(MuxError, match="going away"):
+            await pair.client.open_stream()
+        with pytest.raises(MuxError, match="going away"):
+            await pair.server.open_stream()
+        await client_iteration  # the peer went away: no more streams come
+        assert iterated == []
+        with pytest.raises(MuxError, match="went away"):
+            await pair.client.accept()
+        # the stream opened before goes on, both ways
+        up, down = payload(1, 2 * MiB), payload(2, 3 * MiB)
+        results = await asyncio.gather(
+            send_all(writer, up, random.Random(3)),
+            send_all(peer_writer, down, random.Random(4)),
+            digest_to_eof(peer_reader),
+            digest_to_eof(reader),
+        )
+        assert list(results[2:]) == [digest(up), digest(down)]
+        await writer.wait_closed()
+        await peer_writer.wait_closed()
+        assert 0 < await pair.server.ping() < 10
+
+
+async def test_ping_returns_the_round_trip() -> None:
+    async with mux_pair() as pair, asyncio.timeout(10):
+        for session in (pair.client, pair.server, pair.client):
+            rtt = await session.ping()
+            assert isinstance(rtt, float)
+            assert 0 < rtt < 5
+
+
+@pytest.mark.parametrize("closing", ["client", "server"])
+async def test_session_close_ends_every_stream_with_an_error(closing: str) -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        closer, other = (
+            (pair.client, pair.server) if closing == "client" else (pair.server, pair.client)
+        )
+        ends: list[tuple[str, StreamPair]] = []
+        for opener, acceptor in ((closer, other), (other, closer)):
+            for _ in range(3):
+                opened, accepted = await opened_pair(opener, acceptor)
+                ends.append(("closing side" if opener is closer else "other side", opened))
+                ends.append(("closing side" if acceptor is closer else "other side", accepted))
+        reads = [asyncio.create_task(reader.read()) for _, (reader, _) in ends]
+        iterated: list[StreamPair] = []
+
+        async def iterate() -> None:
+            async for stream in other:
+                iterated.append(stream)
+
+        iteration = asyncio.create_task(iterate())
+        await asyncio.sleep(0.05)
+        await closer.close()
+        results = await asyncio.gather(*reads, return_exceptions=True)
+        outcomes = [
+            (side, stream_id(writer), result)
+            for (side, (_, writer)), result in zip(ends, results, strict=True)
+        ]
+        clean = [o for o in outcomes if not isinstance(o[2], ConnectionError)]
+        assert clean == [], f"{len(clean)} of {len(outcomes)} streams ended cleanly: {clean}"
+        for _, _, result in outcomes:
+            assert isinstance(result, (ConnectionAbortedError, ConnectionResetError)), result
+        await other.wait_closed()
+        await closer.wait_closed()
+        await iteration
+        assert iterated == []
+        for session in (closer, other):
+            with pytest.raises(MuxError):
+                await session.open_stream()
+            with pytest.raises(MuxError):
+                await session.ping()
+
+
+async def test_the_websocket_dropping_errors_every_stream() -> None:
+    async with mux_pair() as pair, asyncio.timeout(30):
+        ends: list[StreamPair] = []
+        for opener, acceptor in ((pair.client, pair.server), (pair.server, pair.client)):
+            for _ in range(3):
+                ends += await opened_pair(opener, acceptor)
+        # a stream with bytes in flight too (its writer waits in drain())
+        (_, writer), peer_ends = await opened_pair(pair.client, pair.server)
+        writer.write(BLOCK[: 4 * MiB])
+        reads = [asyncio.create_task(reader.read()) for reader, _ in ends]
+        iterated: list[StreamPair] = []
+
+        async def iterate(session: Session) -> None:
+            async for stream in session:
+                iterated.append(stream)
+
+        iterations = [asyncio.create_task(iterate(s)) for s in (pair.client, pair.server)]
+        await asyncio.sleep(0.05)
+        pair.stream.transport.abort()
+        results = await asyncio.gather(*reads, return_exceptions=True)
+        for result in results:
+            assert isinstance(result, ConnectionError), result
+            assert "mux session ended: the connection under the session" in str(result)
+        await asyncio.gather(*iterations)
+        assert iterated == []
+        await pair.client.wait_closed()
+        await pair.server.wait_closed()
+        for session in (pair.client, pair.server):
+            assert session.error is not None
+            assert "the connection under the session" in session.error.reason
+            with pytest.raises(MuxError, match="the session is over: the connection under"):
+                await session.open_stream()
+        with pytest.raises(ConnectionError, match="mux session ended"):
+            await writer.drain()
+
+
+# Error messages
+
+
+async def test_error_messages_name_the_stream_or_the_session_reason() -> None:
+    async with mux_pair() as pair, asyncio.timeout(20):
+        (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        sid = stream_id(writer)
+        peer_writer.transport.abort()
+        with pytest.raises(ConnectionResetError) as reset:
+            await reader.read()
+        assert str(reset.value) == f"the peer reset mux stream {sid}"
+
+        (reader, writer), peer_ends = await opened_pair(pair.client, pair.server)
+        read = asyncio.create_task(reader.read())
+        await pair.server.close()
+        with pytest.raises(ConnectionError) as ended:
+            await read
+        assert "mux stream" in str(ended.value) or "mux session ended" in str(ended.value)
+        await pair.client.wait_closed()
+        assert pair.client.error is not None
+        with pytest.raises(MuxError, match="the session is over: " + pair.client.error.reason):
+            await pair.client.ping()
+        with pytest.raises(MuxError, match="no more streams: " + pair.client.error.reason):
+            await pair.client.accept()

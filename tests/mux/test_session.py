@@ -204,6 +204,11 @@ async def test_half_close_the_other_side_reads_eof_after_all_bytes_and_writes_ba
                 send_all(peer_writer, reply, random.Random(2)), digest_to_eof(reader)
             )
             assert got == digest(reply)
+            # As over TCP, a stream ended both ways stays open until close().
+            assert not writer.is_closing() and not peer_writer.is_closing()
+            await writer.drain()
+            writer.close()
+            peer_writer.close()
             await writer.wait_closed()
             await peer_writer.wait_closed()
         await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
@@ -509,6 +514,8 @@ async def test_go_away_refuses_new_streams_and_existing_ones_finish() -> None:
             digest_to_eof(reader),
         )
         assert list(results[2:]) == [digest(up), digest(down)]
+        writer.close()
+        peer_writer.close()
         await writer.wait_closed()
         await peer_writer.wait_closed()
         assert 0 < await pair.server.ping() < 10

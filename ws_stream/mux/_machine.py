@@ -76,8 +76,9 @@ __all__ = [
 HEADER: Final = struct.Struct(">BBHII")
 #: The spec's initial window, both ways, of every stream.
 DEFAULT_WINDOW: Final = 256 * 1024
-#: Largest payload of one Data frame this side sends.
-MAX_FRAME: Final = 64 * 1024
+#: Largest payload of one Data frame this side sends: with its header, 64 KiB,
+#: so that one yamux frame is one WebSocket frame of a WsStream.
+MAX_FRAME: Final = 64 * 1024 - 12
 _MAX_U32: Final = 2**32 - 1
 _VERSION: Final = 0
 
@@ -106,6 +107,11 @@ class GoAwayCode(enum.IntEnum):
     NORMAL = 0
     PROTOCOL_ERROR = 1
     INTERNAL_ERROR = 2
+
+
+# The same numbers as plain ints: enum arithmetic is slow in the per-frame paths.
+_DATA, _WINDOW_UPDATE, _PING, _GO_AWAY = 0, 1, 2, 3
+_SYN, _ACK, _FIN, _RST = 1, 2, 4, 8
 
 
 class MuxError(Exception):
@@ -243,24 +249,42 @@ class Machine:
     # Input
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes from the peer; then read :meth:`events` and :meth:`data_to_send`."""
+        """Bytes from the peer; then read :meth:`events` and :meth:`data_to_send`.
+
+        Frames are parsed from ``data`` itself; only an incomplete frame at
+        its end is kept (at most a header and one window's payload).
+        """
         if self.failed is not None:
             return
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            view = memoryview(buffer)
+        else:
+            view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        try:
+            offset = self._parse(view)
+            tail = view[offset:].tobytes() if self.failed is None else b""
+        finally:
+            view.release()
+        self._buffer = bytearray(tail)
+
+    def _parse(self, view: memoryview) -> int:
+        """Handle the whole frames in ``view``; returns how many bytes they took."""
         offset = 0
-        size = len(buffer)
+        size = len(view)
+        unpack = HEADER.unpack_from
         while self.failed is None:
             frame = self._frame
             if frame is None:
-                if size - offset < HEADER.size:
+                if size - offset < 12:
                     break
-                version, type_, flags, stream, length = HEADER.unpack_from(buffer, offset)
-                offset += HEADER.size
+                version, type_, flags, stream, length = unpack(view, offset)
+                offset += 12
                 if version != _VERSION:
                     self._fail(f"unsupported yamux version {version}")
                     break
-                if type_ == Type.DATA:
+                if type_ == _DATA:
                     # Checked at the header, before its payload is buffered: no
                     # frame may hold more than the window it is sent against.
                     limit = self._data_limit(flags, stream)
@@ -277,32 +301,32 @@ class Machine:
             _, flags, stream, length = frame
             if size - offset < length:
                 break
-            payload = bytes(buffer[offset : offset + length])
+            payload = view[offset : offset + length].tobytes()
             offset += length
             self._frame = None
             self._data(flags, stream, payload)
-        del buffer[:offset]
+        return offset
 
     def _data_limit(self, flags: int, stream: int) -> int:
         """The most payload a Data frame for ``stream`` may carry."""
-        if flags & Flag.SYN:
+        if flags & _SYN:
             return DEFAULT_WINDOW  # a new stream: the initial window
         state = self.streams.get(stream)
         # A stream gone lately may get frames sent against the last window.
         return self.window if state is None else state.recv_window
 
     def _control(self, type_: int, flags: int, stream: int, length: int) -> None:
-        if type_ == Type.WINDOW_UPDATE:
+        if type_ == _WINDOW_UPDATE:
             self._window_update(flags, stream, length)
-        elif type_ == Type.PING:
+        elif type_ == _PING:
             if stream != 0:
                 self._fail(f"a ping on stream {stream} (pings use stream 0)")
-            elif flags & Flag.SYN:
-                self._out.append(header(Type.PING, Flag.ACK, 0, length))
+            elif flags & _SYN:
+                self._out.append(header(_PING, _ACK, 0, length))
                 self._events.append(Pinged(length))
-            elif flags & Flag.ACK:
+            elif flags & _ACK:
                 self._events.append(Pong(length))
-        elif type_ == Type.GO_AWAY:
+        elif type_ == _GO_AWAY:
             if stream != 0:
                 self._fail(f"a go away on stream {stream} (it uses stream 0)")
             elif length == GoAwayCode.NORMAL:
@@ -331,19 +355,19 @@ class Machine:
             or len(self.streams) >= self.max_streams
             or self._pending >= self.backlog
         ):
-            self._out.append(header(Type.WINDOW_UPDATE, Flag.RST, stream, 0))
+            self._out.append(header(_WINDOW_UPDATE, _RST, stream, 0))
             return None
         state = _Stream(DEFAULT_WINDOW, DEFAULT_WINDOW, acked=True, taken=False)
         self.streams[stream] = state
         self._pending += 1
-        self._out.append(header(Type.WINDOW_UPDATE, Flag.ACK, stream, self.window - DEFAULT_WINDOW))
+        self._out.append(header(_WINDOW_UPDATE, _ACK, stream, self.window - DEFAULT_WINDOW))
         state.recv_window = self.window
         self._events.append(Opened(stream))
         return state
 
     def _lookup(self, flags: int, stream: int) -> _Stream | None:
         """The stream a frame is for (None: ignore the frame, or the session failed)."""
-        if flags & Flag.SYN:
+        if flags & _SYN:
             return self._open_by_peer(flags, stream)
         state = self.streams.get(stream)
         if state is not None:
@@ -362,7 +386,7 @@ class Machine:
         state = self._lookup(flags, stream)
         if state is None:
             return
-        if flags & Flag.ACK and not state.acked:
+        if flags & _ACK and not state.acked:
             state.acked = True
             self._events.append(Acked(stream))
         if delta:
@@ -378,7 +402,7 @@ class Machine:
         state = self._lookup(flags, stream)
         if state is None:
             return
-        if flags & Flag.ACK and not state.acked:
+        if flags & _ACK and not state.acked:
             state.acked = True
             self._events.append(Acked(stream))
         if payload:
@@ -396,11 +420,11 @@ class Machine:
         self._flags(flags, stream, state)
 
     def _flags(self, flags: int, stream: int, state: _Stream) -> None:
-        if flags & Flag.RST:
+        if flags & _RST:
             self._forget(stream, state)
             self._events.append(Reset(stream))
             return
-        if flags & Flag.FIN:
+        if flags & _FIN:
             if state.remote_fin:
                 return  # a second FIN says nothing new
             state.remote_fin = True
@@ -414,14 +438,14 @@ class Machine:
             self._pending -= 1
 
     def _fail(self, reason: str) -> None:
-        self._out.append(header(Type.GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
+        self._out.append(header(_GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
         self._end(SessionFailed(GoAwayCode.PROTOCOL_ERROR, f"yamux protocol error: {reason}"))
 
     def _end(self, failed: SessionFailed) -> None:
         self.failed = failed
         self.streams.clear()
         self._pending = 0
-        self._buffer.clear()
+        self._buffer = bytearray()  # rebound, not cleared: a parse may hold a view of it
         self._frame = None
         self._events.append(failed)
 
@@ -463,7 +487,7 @@ class Machine:
             raise MuxError("the session has used every stream id: open a new session")
         self._next_id += 2
         self.streams[stream] = _Stream(DEFAULT_WINDOW, self.window, acked=False, taken=True)
-        self._out.append(header(Type.WINDOW_UPDATE, Flag.SYN, stream, self.window - DEFAULT_WINDOW))
+        self._out.append(header(_WINDOW_UPDATE, _SYN, stream, self.window - DEFAULT_WINDOW))
         return stream
 
     def take(self, stream: int) -> None:
@@ -499,7 +523,7 @@ class Machine:
         out = self._out
         while sent < count:
             size = min(MAX_FRAME, count - sent)
-            out.append(header(Type.DATA, 0, stream, size))
+            out.append(header(_DATA, 0, stream, size))
             out.append(view[sent : sent + size])
             sent += size
         state.send_window -= count
@@ -512,7 +536,7 @@ class Machine:
             return
         state.grant += count
         if state.grant >= self.window // 2:
-            self._out.append(header(Type.WINDOW_UPDATE, 0, stream, state.grant))
+            self._out.append(header(_WINDOW_UPDATE, 0, stream, state.grant))
             state.recv_window += state.grant
             state.grant = 0
 
@@ -525,7 +549,7 @@ class Machine:
         if state is None or state.local_fin or self.failed is not None:
             return
         state.local_fin = True
-        self._out.append(header(Type.WINDOW_UPDATE, Flag.FIN, stream, 0))
+        self._out.append(header(_WINDOW_UPDATE, _FIN, stream, 0))
         if state.remote_fin:
             self._forget(stream, state)
 
@@ -534,7 +558,7 @@ class Machine:
         state = self.streams.get(stream)
         if state is None or self.failed is not None:
             return
-        self._out.append(header(Type.WINDOW_UPDATE, Flag.RST, stream, 0))
+        self._out.append(header(_WINDOW_UPDATE, _RST, stream, 0))
         self._forget(stream, state)
         self._events.append(Reset(stream, by_peer=False))
 
@@ -546,7 +570,7 @@ class Machine:
         """
         self._check_open()
         self._ping_id = (self._ping_id + 1) & _MAX_U32
-        self._out.append(header(Type.PING, Flag.SYN, 0, self._ping_id))
+        self._out.append(header(_PING, _SYN, 0, self._ping_id))
         return self._ping_id
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
@@ -554,7 +578,7 @@ class Machine:
         if self.failed is not None or (self.local_go_away and code == GoAwayCode.NORMAL):
             return
         self.local_go_away = True
-        self._out.append(header(Type.GO_AWAY, 0, 0, code))
+        self._out.append(header(_GO_AWAY, 0, 0, code))
         if code != GoAwayCode.NORMAL:
             self._end(SessionFailed(code, f"this side went away with code {code}"))
 

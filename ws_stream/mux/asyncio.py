@@ -273,7 +273,9 @@ class MuxTransport(asyncio.Transport):
         self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if self._fin_sent and self._eof_received and (self._eof_delivered or self._closing):
+        # As a TCP transport: ended both ways, it stays open (drain() works)
+        # until close(); then it is gone once the FINs crossed.
+        if self._closing and self._fin_sent and self._eof_received:
             self._connection_lost(None)
 
     def _connection_lost(self, exc: Exception | None) -> None:
@@ -320,6 +322,7 @@ class Session:
         self._waiting: dict[int, MuxTransport] = {}  # streams with bytes to send
         self._wake: asyncio.Event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._out_scheduled = False
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self.error: SessionFailed | None = None
         self._reading = self._loop.create_task(self._read())
@@ -393,9 +396,18 @@ class Session:
         self._wake.set()
         if not self._closed.done():
             self._closed.set_result(None)
+        self._write_out()  # a Go Away goes before the close
         self._writer.close()
 
     def _output(self) -> None:
+        """Write the machine's frames at the end of this loop iteration, all at once
+        (window updates, ACKs and data of one iteration travel together)."""
+        if not self._out_scheduled:
+            self._out_scheduled = True
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._out_scheduled = False
         frames = self.machine.data_to_send()
         if frames and not self._writer.is_closing():
             self._writer.writelines(frames)
@@ -413,7 +425,7 @@ class Session:
                     for stream, transport in list(self._waiting.items()):
                         if not transport._push(_QUANTUM):
                             self._waiting.pop(stream, None)
-                    self._output()
+                    self._write_out()
                     await self._writer.drain()
 
     # The streams' calls

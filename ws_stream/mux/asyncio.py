@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final
 
+from ..asyncio._reader import ChunkedStreamReader
 from ..asyncio._transport import feed_buffered
 from ._machine import (
     DEFAULT_WINDOW,
@@ -462,7 +463,7 @@ class Session:
     # Streams
 
     def _pair(self, stream: int) -> StreamPair:
-        reader = asyncio.StreamReader(limit=self._limit, loop=self._loop)
+        reader = ChunkedStreamReader(self._limit, self._loop)  # keeps chunks: fewer copies
         protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
         transport = MuxTransport(self, stream, protocol)
         self._transports[stream] = transport

@@ -1,7 +1,9 @@
-"""Every option of ``ws-stream --help`` (and of each sub-command's) is documented in README.md.
+"""Every option of ``ws-stream --help`` (and of each sub-command's) is documented in prose.
 
-The parser is the one the command uses, so an option added without its README
-row fails here.
+The CLI reference of the docs is generated from the parser, so it lists every
+option by construction; this test asks more: that README.md or a page of
+docs/ says something about each option in words, so an option added without a
+sentence fails here. The parser is the one the command uses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from ws_stream.cli import build_parser
 
 from .helpers import ROOT
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+PROSE = "\n".join(
+    path.read_text(encoding="utf-8")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    if "_build" not in path.parts
+)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -42,13 +48,13 @@ def test_the_command_has_its_sub_commands() -> None:
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_option_is_in_the_readme(command: str) -> None:
+def test_every_option_is_in_the_prose(command: str) -> None:
     missing = sorted(
         option
         for option in _options(COMMANDS[command])
-        if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", README)
+        if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", PROSE)
     )
-    assert not missing, f"`ws-stream {command}` options missing from README.md: {missing}"
+    assert not missing, f"`ws-stream {command}` options missing from README.md and docs/: {missing}"
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -62,14 +68,10 @@ def test_every_option_has_help_text(command: str) -> None:
     assert not bare, f"`ws-stream {command}` options without --help text: {bare}"
 
 
-def _directives(text: str) -> list[str]:
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
-
-
-def test_the_readme_shows_the_tested_nginx_configuration() -> None:
-    """README's nginx block has the directives of the file the nginx tests run."""
-    tested = (ROOT / "examples" / "nginx" / "ws-stream.conf").read_text(encoding="utf-8")
-    match = re.search(r"```nginx\n(.*?)```", README, re.S)
-    assert match, "README.md has no ```nginx block"
-    assert _directives(match.group(1)) == _directives(tested)
+def test_the_docs_show_the_tested_nginx_configuration() -> None:
+    """The deployment guide includes the very file the nginx tests run (it cannot drift)."""
+    guide = (ROOT / "docs" / "guides" / "deployment.md").read_text(encoding="utf-8")
+    assert "```{literalinclude} ../../examples/nginx/ws-stream.conf" in guide
+    assert (ROOT / "examples" / "nginx" / "ws-stream.conf").is_file()
+    # No other nginx block elsewhere that could drift from the tested file.
+    assert "```nginx" not in PROSE

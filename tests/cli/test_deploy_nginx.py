@@ -1,9 +1,9 @@
-"""ws-stream behind a real nginx: the configuration README shows, run as it is.
+"""ws-stream behind a real nginx: the configuration the deployment guide shows, run as it is.
 
 nginx (Debian package ``nginx-light`` or ``nginx``; ``.ci/run`` installs it)
 runs in the foreground as a subprocess of the test, with its own prefix, pid
 file and logs under ``tmp_path``, listening on 127.0.0.1. Its configuration
-is ``examples/nginx/ws-stream.conf`` (the file README shows), rendered with
+is ``examples/nginx/ws-stream.conf`` (the file the deployment guide includes), rendered with
 the test's port, upstream and, for the idle test, ``proxy_read_timeout``; a
 line of that file that the test cannot find fails the test, so the file and
 the test cannot drift apart.
@@ -36,7 +36,7 @@ import pytest
 
 from .helpers import ROOT, Cli, free_port, run, start_tcp_echo
 
-#: The nginx configuration README shows; the tests run it.
+#: The nginx configuration the deployment guide includes; the tests run it.
 NGINX_CONF = ROOT / "examples" / "nginx" / "ws-stream.conf"
 
 BULK = 64 * 2**20
@@ -51,7 +51,7 @@ def render(port: int, upstream: str, read_timeout: str | None = None) -> str:
     """``NGINX_CONF`` listening on 127.0.0.1:``port``, proxying to ``upstream``.
 
     ``upstream``: ``127.0.0.1:PORT`` or ``unix:PATH``. Fails when the file no
-    longer has a line the test replaces (update README with it).
+    longer has a line the test replaces (the deployment guide includes the file itself).
     """
     text = NGINX_CONF.read_text()
     changes = [(_LISTEN, port), (_UPSTREAM, upstream)]
@@ -60,7 +60,7 @@ def render(port: int, upstream: str, read_timeout: str | None = None) -> str:
     for (line, slot), value in changes:
         assert text.count(line + "\n") + text.count(line + " ") == 1, (
             f"{NGINX_CONF} no longer has the line {line.strip()!r} exactly once: "
-            "update this test (and README, which shows the file)"
+            "update this test (the deployment guide includes the file)"
         )
         text = text.replace(line, slot.format(value))
     return text
@@ -182,7 +182,7 @@ def nginx(nginx_binary: str, tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
 
 
 def test_the_template_renders_every_value() -> None:
-    """The lines the tests replace are in the file README shows (no nginx needed)."""
+    """The lines the tests replace are in the file the deployment guide includes (no nginx)."""
     text = render(5000, "unix:/run/x.sock", "5s")
     assert "listen 127.0.0.1:5000;" in text
     assert "    server unix:/run/x.sock;" in text

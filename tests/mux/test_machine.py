@@ -39,7 +39,7 @@ DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8
 NORMAL, PROTOCOL_ERROR, INTERNAL_ERROR = 0, 1, 2
 WINDOW = 256 * 1024
-MAX_FRAME = 64 * 1024 - 12  # a frame and its header fill one 64 KiB WebSocket frame
+MAX_FRAME = 256 * 1024  # the module's largest frame: the initial window
 MAX_U32 = 2**32 - 1
 MiB = 2**20
 
@@ -447,14 +447,14 @@ def test_lost_ends_the_session_without_output() -> None:
 # Windows
 
 
-def test_send_takes_at_most_the_window_in_frames_of_at_most_64_kib() -> None:
+def test_send_takes_at_most_the_window_in_frames_of_at_most_max_frame() -> None:
     m = server()
     peer_opens(m, 1)
     payload = bytes(i % 251 for i in range(WINDOW + 5000))
     assert m.send(1, payload) == WINDOW
     frames = written(m)
     whole, rest = divmod(WINDOW, MAX_FRAME)
-    assert [f.length for f in frames] == [MAX_FRAME] * whole + [rest]
+    assert [f.length for f in frames] == [MAX_FRAME] * whole + ([rest] if rest else [])
     assert all(f.type == DATA and f.flags == 0 and f.stream == 1 for f in frames)
     assert b"".join(f.payload for f in frames) == payload[:WINDOW]
     assert m.send_window(1) == 0
@@ -466,12 +466,13 @@ def test_send_takes_at_most_the_window_in_frames_of_at_most_64_kib() -> None:
     assert written(m) == [F(DATA, 0, 1, 1000, payload[WINDOW : WINDOW + 1000])]
 
 
-def test_a_large_send_is_split_into_64_kib_frames() -> None:
+def test_a_large_send_is_split_into_frames_of_at_most_max_frame() -> None:
     m = server()
-    assert ev(feed(m, update(1, WINDOW, SYN))) == ev([Opened(1), Writable(1)])
+    assert ev(feed(m, update(1, 3 * WINDOW, SYN))) == ev([Opened(1), Writable(1)])
     written(m)
-    assert m.send(1, bytes(200_000)) == 200_000
-    assert [f.length for f in written(m)] == [MAX_FRAME] * 3 + [200_000 - 3 * MAX_FRAME]
+    size = 2 * MAX_FRAME + 1000
+    assert m.send(1, bytes(size)) == size
+    assert [f.length for f in written(m)] == [MAX_FRAME, MAX_FRAME, 1000]
 
 
 def test_consumed_grants_back_once_half_the_window_is_read() -> None:

@@ -76,9 +76,10 @@ __all__ = [
 HEADER: Final = struct.Struct(">BBHII")
 #: The spec's initial window, both ways, of every stream.
 DEFAULT_WINDOW: Final = 256 * 1024
-#: Largest payload of one Data frame this side sends: with its header, 64 KiB,
-#: so that one yamux frame is one WebSocket frame of a WsStream.
-MAX_FRAME: Final = 64 * 1024 - 12
+#: Largest payload of one Data frame this side sends (the initial window: a
+#: frame never waits for a partial window; the WebSocket below frames bytes
+#: its own way).
+MAX_FRAME: Final = DEFAULT_WINDOW
 _MAX_U32: Final = 2**32 - 1
 _VERSION: Final = 0
 
@@ -455,6 +456,11 @@ class Machine:
         """What happened since the last call."""
         events, self._events = self._events, []
         return events
+
+    @property
+    def has_output(self) -> bool:
+        """Whether :meth:`data_to_send` has frames."""
+        return bool(self._out)
 
     def data_to_send(self) -> list[bytes | memoryview]:
         """The frames to write, in order (a list of buffers: write them all, in order)."""

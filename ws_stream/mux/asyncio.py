@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from ..asyncio._reader import ChunkedStreamReader
 from ..asyncio._transport import feed_buffered
+from ..asyncio.stream import WsStream
 from ._machine import (
     DEFAULT_WINDOW,
     Acked,
@@ -326,26 +327,62 @@ class Session:
         self._out_scheduled = False
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self.error: SessionFailed | None = None
-        self._reading = self._loop.create_task(self._read())
+        #: Over a ws_stream WsStream, the session is its transport's protocol
+        #: (see :class:`_Feed`): no reader task, no StreamReader in between.
+        self._feed: _Feed | None = None
+        self._write_paused = False
+        self._write_resumed: asyncio.Future[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._flusher = self._loop.create_task(self._flush())
+
+    def _start(self, early: bytes) -> None:
+        """Start reading: ``early`` is what the stream's reader held already."""
+        stream = self._writer.get_extra_info("ws_stream")
+        if isinstance(stream, WsStream) and isinstance(self._reader, ChunkedStreamReader):
+            transport = stream.transport
+            self._feed = _Feed(self)
+            transport.set_protocol(self._feed)
+            if early:
+                self._received(early)
+            if self._reader.at_eof() or self._reader.exception() is not None:
+                self._lost(self._reader.exception())
+            elif not transport.is_reading() and not transport.is_closing():
+                transport.resume_reading()  # the reader may have paused it, full
+            return
+        if early:
+            self._received(early)
+        self._reading = self._loop.create_task(self._read())
+
+    def _received(self, data: bytes | bytearray | memoryview) -> None:
+        self.machine.receive_data(data)
+        self._process()
+
+    def _lost(self, exc: BaseException | None) -> None:
+        reason = (
+            "the connection under the session closed"
+            if exc is None
+            else f"the connection under the session failed: {exc}"
+        )
+        self.machine.lost(reason)
+        self._process()
 
     # The byte stream under the session
 
     async def _read(self) -> None:
-        reason = "the connection under the session closed"
+        """Any other byte stream: a task reads it."""
         try:
             while self.machine.failed is None:
                 data = await self._reader.read(_READ_SIZE)
                 if not data:
                     break
-                self.machine.receive_data(data)
-                self._process()
+                self._received(data)
         except (ConnectionError, OSError) as exc:
-            reason = f"the connection under the session failed: {exc}"
+            self._lost(exc)
         except asyncio.CancelledError:
-            reason = "the session was closed"
-        self.machine.lost(reason)
-        self._process()
+            self.machine.lost("the session was closed")
+            self._process()
+        else:
+            self._lost(None)
 
     def _process(self) -> None:
         machine = self.machine
@@ -395,6 +432,7 @@ class Session:
         self._pings.clear()
         self._wake_acceptor()
         self._wake.set()
+        self._writing(False)
         if not self._closed.done():
             self._closed.set_result(None)
         self._write_out()  # a Go Away goes before the close
@@ -403,7 +441,7 @@ class Session:
     def _output(self) -> None:
         """Write the machine's frames at the end of this loop iteration, all at once
         (window updates, ACKs and data of one iteration travel together)."""
-        if not self._out_scheduled:
+        if not self._out_scheduled and self.machine.has_output:
             self._out_scheduled = True
             self._loop.call_soon(self._write_out)
 
@@ -414,6 +452,8 @@ class Session:
             self._writer.writelines(frames)
 
     def _can_write(self) -> bool:
+        if self._feed is not None:
+            return not self._write_paused
         transport = self._writer.transport
         return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
 
@@ -427,7 +467,23 @@ class Session:
                         if not transport._push(_QUANTUM):
                             self._waiting.pop(stream, None)
                     self._write_out()
-                    await self._writer.drain()
+                    await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait while the byte stream under the session has too much to send."""
+        if self._feed is None:
+            await self._writer.drain()
+            return
+        while self._write_paused and self.machine.failed is None:
+            if self._write_resumed is None or self._write_resumed.done():
+                self._write_resumed = self._loop.create_future()
+            await self._write_resumed
+
+    def _writing(self, paused: bool) -> None:
+        self._write_paused = paused
+        waiter = self._write_resumed
+        if not paused and waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # The streams' calls
 
@@ -577,10 +633,15 @@ class Session:
             self.machine.lost("the session was closed")
             self._process()
         self._flusher.cancel()
-        self._reading.cancel()
+        if self._reading is not None:
+            self._reading.cancel()
+        stream = self._writer.get_extra_info("ws_stream")
         with contextlib.suppress(Exception, asyncio.CancelledError):
             async with asyncio.timeout(timeout):
-                await self._writer.wait_closed()
+                if self._feed is not None and isinstance(stream, WsStream):
+                    await stream.wait_closed()  # its reader's protocol is no longer told
+                else:
+                    await self._writer.wait_closed()
         for task in list(self._tasks):
             task.cancel()
 
@@ -626,4 +687,36 @@ async def open_session(
         ValueError: a limit out of range.
     """
     machine = Machine(client=client, window=window, max_streams=max_streams, backlog=backlog)
-    return Session(reader, writer, machine, limit=limit, on_stream=on_stream)
+    # What the reader holds already (a peer may open streams right after the
+    # handshake): taken without waiting, then fed to the machine first.
+    held = reader.buffered if isinstance(reader, ChunkedStreamReader) else 0
+    early = await reader.read(held) if held else b""
+    session = Session(reader, writer, machine, limit=limit, on_stream=on_stream)
+    session._start(early)
+    return session
+
+
+class _Feed(asyncio.Protocol):
+    """The session as the protocol of a WsStream's transport: bytes straight to the machine.
+
+    A WsStream's reader is then no longer fed: the session reads the stream.
+    Its write flow control comes here too (``pause_writing``).
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def data_received(self, data: bytes) -> None:
+        self._session._received(data)
+
+    def eof_received(self) -> bool:
+        return True  # connection_lost follows: the session ends there
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session._lost(exc)
+
+    def pause_writing(self) -> None:
+        self._session._writing(True)
+
+    def resume_writing(self) -> None:
+        self._session._writing(False)

@@ -144,6 +144,12 @@ class RawServer:
 
     def __init__(self) -> None:
         self.peers: asyncio.Queue[RawPeer] = asyncio.Queue()
+        # Every peer stays referenced until the server goes: a test that drops
+        # what accept() returned (a peer that never reads) must not close it.
+        # Since Python 3.13 asyncio's server keeps no reference to the
+        # StreamWriter it hands over, and a collected StreamWriter closes its
+        # connection (the peer would reset it, unread bytes in its buffer).
+        self.held: list[RawPeer] = []
         self.server: asyncio.Server | None = None
         self.respond = True
 
@@ -162,8 +168,10 @@ class RawServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
+        peer = RawPeer(reader, writer, client=False)
+        self.held.append(peer)
         if not self.respond:
-            await self.peers.put(RawPeer(reader, writer, client=False))
+            await self.peers.put(peer)
             return
         key = next(
             line.split(b":", 1)[1].strip()
@@ -177,7 +185,7 @@ class RawServer:
                 f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             ).encode()
         )
-        await self.peers.put(RawPeer(reader, writer, client=False))
+        await self.peers.put(peer)
 
     async def accept(self, timeout: float = 5.0) -> RawPeer:
         async with asyncio.timeout(timeout):

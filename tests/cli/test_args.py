@@ -80,7 +80,7 @@ def test_console_script_is_installed() -> None:
         (["cat", "--ping-interval", "1e-7", "ws://h/"], "seconds >= 0.1"),
         (["serve", "--host", ""], "use 0.0.0.0 (IPv4) or :: (IPv6) to listen on every"),
         (["serve", "--workers", "2", "--host", ""], "expected an address to listen on"),
-        (["forward", "ws://127.0.0.1:1/"], "the following arguments are required: --listen"),
+        (["forward", "ws://127.0.0.1:1/"], "forward needs --listen ADDRESS, or --reverse tunnels"),
         (["forward", "--listen", "127.0.0.1:x", "ws://h/"], "expected a port number"),
         (["cat"], "the following arguments are required: URI"),
         (["cat", "http://127.0.0.1/"], "expected a ws:// or wss:// URI"),

@@ -434,6 +434,21 @@ class _StreamWriter(asyncio.StreamWriter):
     ) -> None:
         super().__init__(transport, protocol, reader, loop)
         self._server_side = server_side
+        # The WsStream below (kept: after start_tls() the transport is TLS's,
+        # which forgets the one below it once closed).
+        self._stream: WsStream = transport.get_extra_info("ws_stream")
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed, TCP included; then raise its error if any.
+
+        The protocol hears at the peer's close frame that the byte stream is
+        over (``drain()`` raises from then on), before TCP ends: asyncio's
+        ``wait_closed()`` alone would return there, and a program that ends its
+        loop right after it would leave TCP open (its peer would wait its close
+        timeout). Bounded as :meth:`WsStream.wait_closed`.
+        """
+        await self._stream.wait_closed()
+        await super().wait_closed()
 
     async def start_tls(
         self,

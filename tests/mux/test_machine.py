@@ -1426,3 +1426,16 @@ class Conversation(RuleBasedStateMachine):
 
 Conversation.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
 TestConversation = Conversation.TestCase
+
+
+def test_data_after_stop_reading_resets_the_stream() -> None:
+    """The application closed the stream: bytes nobody will read reset it, as TCP does."""
+    m = server()
+    peer_opens(m, 1)
+    assert ev(feed(m, data(1, b"read"))) == ev([Data(1, b"read")])
+    m.stop_reading(1)
+    m.close_stream(1)
+    written(m)
+    assert ev(feed(m, data(1, b"late"))) == ev([Reset(1, by_peer=False)])
+    assert written(m) == [F(WINDOW_UPDATE, RST, 1, 0)]
+    assert 1 not in m.streams

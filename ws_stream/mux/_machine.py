@@ -197,7 +197,16 @@ Event = Opened | Acked | Data | Eof | Reset | Writable | Pinged | Pong | GoneAwa
 class _Stream:
     """One stream's state."""
 
-    __slots__ = ("acked", "grant", "local_fin", "recv_window", "remote_fin", "send_window", "taken")
+    __slots__ = (
+        "acked",
+        "discard",
+        "grant",
+        "local_fin",
+        "recv_window",
+        "remote_fin",
+        "send_window",
+        "taken",
+    )
 
     def __init__(self, send_window: int, recv_window: int, *, acked: bool, taken: bool) -> None:
         self.send_window = send_window
@@ -207,6 +216,7 @@ class _Stream:
         self.remote_fin = False
         self.acked = acked
         self.taken = taken
+        self.discard = False  # the application closed it: data now resets it
 
 
 class Machine:
@@ -416,6 +426,11 @@ class Machine:
                     f"({state.recv_window} bytes)"
                 )
                 return
+            if state.discard:
+                # As TCP after close(): bytes nobody will read reset the stream,
+                # so the peer's writer learns it instead of sending forever.
+                self.reset_stream(stream)
+                return
             state.recv_window -= len(payload)
             self._events.append(Data(stream, payload))
         self._flags(flags, stream, state)
@@ -545,6 +560,16 @@ class Machine:
             self._out.append(header(_WINDOW_UPDATE, 0, stream, state.grant))
             state.recv_window += state.grant
             state.grant = 0
+
+    def stop_reading(self, stream: int) -> None:
+        """The application will read ``stream`` no more (it closed it).
+
+        Data that arrives from now on resets the stream (RST, and a
+        :class:`Reset` with ``by_peer`` False), as TCP does after ``close()``.
+        """
+        state = self.streams.get(stream)
+        if state is not None:
+            state.discard = True
 
     def close_stream(self, stream: int) -> None:
         """Half-close ``stream`` (FIN): nothing more is sent; reading goes on to the peer's FIN.

@@ -118,6 +118,7 @@ class MuxTransport(asyncio.Transport):
             return
         self._closing = True
         self._received.clear()
+        self._session.machine.stop_reading(self.stream)  # later bytes reset it
         self.write_eof()
         if not self._lost:
             self._close_timer = self._session._loop.call_later(_CLOSE_TIMEOUT, self.abort)
@@ -242,11 +243,7 @@ class MuxTransport(asyncio.Transport):
         self._maybe_done()
 
     def _data(self, data: bytes) -> None:
-        if self._closing:
-            # As TCP after close(): bytes nobody will read reset the stream,
-            # so the peer's sender learns it instead of sending forever.
-            self.abort()
-        elif self._paused or self._received:
+        if self._paused or self._received:
             self._received.append(data)
         else:
             self._deliver(data)
@@ -407,6 +404,8 @@ class Session:
                     transport._connection_lost(
                         ConnectionResetError(f"the peer reset mux stream {event.stream}")
                     )
+                elif transport is not None:
+                    transport._connection_lost(None)  # closed, then reset for late bytes
             elif isinstance(event, Pong):
                 waiter = self._pings.pop(event.opaque, None)
                 if waiter is not None and not waiter[0].done():

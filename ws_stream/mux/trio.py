@@ -78,11 +78,6 @@ class MuxStream(trio.abc.HalfCloseableStream):
     # The session's calls
 
     def _data(self, data: bytes) -> None:
-        if self._closed:
-            # As TCP after close(): bytes nobody will read reset the stream,
-            # so the peer's sender learns it instead of sending forever.
-            self._session._reset(self.stream)
-            return
         self._received.append(data)
         self._readable.set()
 
@@ -185,8 +180,10 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self._writable.set()
         if unread:
             self._session._reset(self.stream)  # unread bytes: a reset, as TCP
-        elif self._error is None and not self._eof_sent:
-            self._session._close_stream(self.stream)
+        elif self._error is None:
+            self._session.machine.stop_reading(self.stream)  # later bytes reset it
+            if not self._eof_sent:
+                self._session._close_stream(self.stream)
         await trio.lowlevel.checkpoint()
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._session._flushed()

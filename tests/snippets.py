@@ -252,12 +252,6 @@ def expected_prints(source: str) -> list[str]:
     return expected
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class TcpEcho:
     """A plain TCP echo server on 127.0.0.1 (threads; every byte back, then EOF after EOF)."""
 

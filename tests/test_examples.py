@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+
+from .ports import refused_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0
@@ -112,13 +113,6 @@ def stop_server(process: subprocess.Popen[str]) -> tuple[str, str]:
     return out, err
 
 
-def free_port() -> int:
-    """A port of 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # line_echo_server.py / line_echo_client.py
 
 
@@ -152,7 +146,7 @@ def test_line_echo_server_and_client() -> None:
 
 
 def test_line_echo_client_reports_a_refused_connection() -> None:
-    result = run_example("line_echo_client.py", f"ws://127.0.0.1:{free_port()}/", "hello")
+    result = run_example("line_echo_client.py", f"ws://127.0.0.1:{refused_port()}/", "hello")
     assert result.returncode == 1
     assert result.stdout == ""
     assert "cannot talk to ws://127.0.0.1:" in result.stderr

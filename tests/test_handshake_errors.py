@@ -37,6 +37,8 @@ from ws_stream._failures import (
 from ws_stream._handshake import parse, proxy_for
 from ws_stream.exceptions import HandshakeError
 
+from .ports import refused_port
+
 SECRET = "hunter2"
 
 
@@ -262,16 +264,10 @@ def test_a_refused_handshake_does_not_show_the_query_token() -> None:
 
 # Proxies: a failure of the proxy names it (credentials hidden) and says how.
 # The real proxies (tinyproxy, dante, pproxy) are in tests/cli/test_proxies.py;
-# here a fixed-answer HTTP server stands in for a proxy that refuses, and free
+# here a fixed-answer HTTP server stands in for a proxy that refuses, and refused
 # ports for proxies that do not run, on the shells that support proxies.
 
 PROXY_SHELLS = {name: SHELLS[name] for name in ("asyncio", "blocking")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("shell", PROXY_SHELLS)
@@ -305,7 +301,7 @@ def test_a_proxy_that_rejects_the_credentials_hides_them(shell: str) -> None:
 def test_a_proxy_that_does_not_run_is_a_refused_connection_to_it(shell: str, scheme: str) -> None:
     if scheme.startswith("socks"):
         pytest.importorskip("python_socks", reason="python-socks (the test extra) is missing")
-    proxy = f"{scheme}://user:{SECRET}@127.0.0.1:{free_port()}"
+    proxy = f"{scheme}://user:{SECRET}@127.0.0.1:{refused_port()}"
     with pytest.raises(ConnectionRefusedError) as info:
         SHELLS[shell]("ws://127.0.0.1:1/", proxy=proxy)
     message = str(info.value)
@@ -318,7 +314,7 @@ def test_a_proxy_that_does_not_run_is_a_refused_connection_to_it(shell: str, sch
 def test_the_proxy_of_the_environment_is_the_one_named(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
         monkeypatch.delenv(name)
-    proxy = f"http://user:{SECRET}@127.0.0.1:{free_port()}"
+    proxy = f"http://user:{SECRET}@127.0.0.1:{refused_port()}"
     monkeypatch.setenv("ws_proxy", proxy)
     with pytest.raises(ConnectionRefusedError) as info:
         open_asyncio("ws://127.0.0.1:1/")

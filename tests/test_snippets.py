@@ -110,6 +110,7 @@ import pytest
 
 from ws_stream.cli import build_parser
 
+from .ports import free_port
 from .snippets import (
     ROOT,
     SNIPPET_PORT,
@@ -121,7 +122,6 @@ from .snippets import (
     documents,
     expected_prints,
     find_blocks,
-    free_port,
     shell_commands,
     substitute_ports,
 )

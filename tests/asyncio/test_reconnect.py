@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
@@ -13,14 +12,8 @@ from websockets.asyncio.server import serve
 import ws_stream
 from ws_stream import Backoff, ReconnectPolicy, Status
 
+from ..ports import free_port, refused_port
 from ..rawpeer import RawServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Restartable:
@@ -93,7 +86,7 @@ async def test_reconnects_with_predicted_delays_and_fresh_streams() -> None:
 
 
 async def test_transient_failures_are_retried_until_max_attempts() -> None:
-    port = free_port()  # nothing listens: connection refused
+    port = refused_port()
     policy = ReconnectPolicy(Backoff(0.05, 1.0, jitter=0), max_attempts=3)
     conn = ws_stream.reconnecting(f"ws://127.0.0.1:{port}/", policy=policy)
     states = conn.states()

@@ -11,6 +11,7 @@ from websockets.asyncio.server import serve
 import ws_stream
 from ws_stream.events import Closed, CloseReceived, Error, PingReceived, PongReceived
 
+from ..ports import refused_port
 from ..rawpeer import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawServer, close_payload
 from .helpers import echo, stream_of, stream_server
 
@@ -423,10 +424,7 @@ async def test_silent_server_times_out_after_open_timeout() -> None:
 async def test_bad_uri_and_refused_port() -> None:
     with pytest.raises(ValueError):
         await ws_stream.open_connection("http://127.0.0.1:1/")
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
+    port = refused_port()
     with pytest.raises(OSError):
         await ws_stream.open_connection(f"ws://127.0.0.1:{port}/", open_timeout=5)
 

@@ -172,15 +172,6 @@ async def start_tcp_echo(
     return server, server.sockets[0].getsockname()[1], accepted
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def start_tcp_source(
     data: bytes, *, then: str = "close"
 ) -> tuple[asyncio.Server, int, list[str]]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, cli_env, free_port, run_cli
+from ..ports import refused_port
+from .helpers import ROOT, cli_env, run_cli
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["forward"], ["cat"]])
@@ -115,7 +116,7 @@ def test_a_bad_bearer_token_is_refused_without_echoing_it() -> None:
 
 
 def test_unreachable_uri_is_a_clear_runtime_error() -> None:
-    port = free_port()
+    port = refused_port()
     result = run_cli("cat", f"ws://127.0.0.1:{port}/")
     stderr = result.stderr.decode()
     assert result.returncode == 1
@@ -124,7 +125,7 @@ def test_unreachable_uri_is_a_clear_runtime_error() -> None:
 
 
 def test_credentials_in_the_uri_are_not_logged() -> None:
-    port = free_port()
+    port = refused_port()
     result = run_cli("cat", f"ws://user:hunter2@127.0.0.1:{port}/")
     stderr = result.stderr.decode()
     assert result.returncode == 1

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, Cli, free_port, run, start_tcp_echo
+from ..ports import free_port
+from .helpers import ROOT, Cli, run, start_tcp_echo
 
 #: The nginx configuration the deployment guide includes; the tests run it.
 NGINX_CONF = ROOT / "examples" / "nginx" / "ws-stream.conf"

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Cli, cli_env, free_port, run_cli
+from ..ports import free_port, refused_port
+from .helpers import Cli, cli_env, run_cli
 
 Start = Callable[..., Cli]
 
@@ -309,7 +310,7 @@ def test_the_environment_proxy_no_proxy_and_the_no_proxy_option(
     assert proxy.wait_log(f"CONNECT 127.0.0.1:{port} ").count("CONNECT 127.0.0.1") == 1
 
     # A proxy that does not run: used from the environment, it is the error ...
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     result = run_cli("cat", uri, env=cli_env(ws_proxy=dead))
     stderr = result.stderr.decode()
     assert result.returncode == 1, stderr
@@ -345,7 +346,7 @@ def test_a_target_dante_cannot_reach_is_its_socks_error(
     proxies: dict[str, Callable[..., Proxy]],
 ) -> None:
     proxy = proxies["danted"]()
-    dead = free_port()
+    dead = refused_port()
     result = run_cli("cat", "--proxy", proxy.url(), f"ws://127.0.0.1:{dead}/")
     stderr = result.stderr.decode()
     assert result.returncode == 1, stderr
@@ -397,7 +398,7 @@ def test_a_wrong_socks_password_is_a_clear_error(
 
 def test_a_socks_proxy_that_does_not_run_is_named(cli: Start) -> None:
     _, uri = start_echo(cli)
-    url = f"socks5://user:{PASSWORD}@127.0.0.1:{free_port()}"
+    url = f"socks5://user:{PASSWORD}@127.0.0.1:{refused_port()}"
     result = run_cli("cat", "--proxy", url, uri)
     stderr = result.stderr.decode()
     assert result.returncode == 1, stderr

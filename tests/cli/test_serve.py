@@ -20,8 +20,9 @@ from websockets.typing import Subprotocol
 import ws_stream
 from ws_stream.events import Closed, CloseReceived
 
+from ..ports import refused_port
 from ..rawpeer import connect_raw
-from .helpers import Cli, free_port, run, run_cli, start_tcp_echo
+from .helpers import Cli, run, run_cli, start_tcp_echo
 
 Start = Callable[..., Cli]
 
@@ -104,7 +105,7 @@ def test_a_client_cannot_choose_the_target(cli: Start) -> None:
 
 
 def test_unreachable_target_closes_with_1014_and_a_clear_log(cli: Start) -> None:
-    target = free_port()
+    target = refused_port()
     serve = cli("serve", "--port", "0", "--to", f"127.0.0.1:{target}")
     port = serve.port()
 

@@ -18,7 +18,8 @@ import pytest
 import ws_stream
 from ws_stream.events import Closed, CloseReceived
 
-from .helpers import Cli, free_port, run, start_tcp_echo
+from ..ports import free_port, refused_port
+from .helpers import Cli, run, start_tcp_echo
 
 Start = Callable[..., Cli]
 #: How forward and serve log a clean end (the end of a connection's line).
@@ -175,7 +176,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def test_forward_resets_its_client_when_the_websocket_cannot_open(cli: Start) -> None:
-    forward = cli("forward", "--listen", "127.0.0.1:0", f"ws://127.0.0.1:{free_port()}/")
+    forward = cli("forward", "--listen", "127.0.0.1:0", f"ws://127.0.0.1:{refused_port()}/")
     port = forward.port()
     for _ in range(2):  # and it keeps serving
         with (
@@ -276,7 +277,7 @@ def test_forward_reconnect_gives_up_after_the_attempts(cli: Start) -> None:
         "low-latency",
         "--reconnect-attempts",
         "2",
-        f"ws://127.0.0.1:{free_port()}/",
+        f"ws://127.0.0.1:{refused_port()}/",
     )
     with (
         socket.create_connection(("127.0.0.1", forward.port()), timeout=20) as sock,

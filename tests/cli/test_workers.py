@@ -26,8 +26,9 @@ import ws_stream
 from ws_stream.cli.args import workers_problem
 from ws_stream.events import CloseReceived
 
+from ..ports import free_port
 from ..rawpeer import connect_raw
-from .helpers import Cli, free_port, run, run_cli, start_tcp_echo
+from .helpers import Cli, run, run_cli, start_tcp_echo
 
 Start = Callable[..., Cli]
 

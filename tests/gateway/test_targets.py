@@ -18,7 +18,8 @@ from pathlib import Path
 
 import ws_stream
 
-from ..cli.helpers import Cli, free_port, run, run_cli, start_tcp_echo
+from ..cli.helpers import Cli, run, run_cli, start_tcp_echo
+from ..ports import refused_port
 from .helpers import (
     closed_fields,
     fields,
@@ -238,7 +239,7 @@ def test_targets_usage_errors(tmp_path: Path) -> None:
 
 def test_the_connection_closed_line(cli: Start, tmp_path: Path) -> None:
     """`connection closed: key=value ...`: one per connection, for every kind of target."""
-    dead = free_port()
+    dead = refused_port()
 
     async def main() -> None:
         server, target, accepted = await start_tcp_echo(prefix=b"A:")

@@ -24,7 +24,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from tests.cli.conftest import cli
-from tests.cli.helpers import Cli, free_port, run, start_tcp_echo
+from tests.cli.helpers import Cli, run, start_tcp_echo
+from tests.ports import free_port
 
 # The `cli` fixture of tests/cli (every ws-stream subprocess killed at the end).
 __all__ = ["cli"]
@@ -139,7 +140,7 @@ def test_reconnect_fast_opens_a_new_session_after_the_server_died(cli: Start) ->
 
 
 def test_unreachable_target_resets_the_stream_not_the_session(cli: Start) -> None:
-    target_port = free_port()
+    target_port = free_port()  # refused first, then the test listens on it
 
     async def main() -> None:
         serve, uri = serve_mux(cli, "--to", f"127.0.0.1:{target_port}")

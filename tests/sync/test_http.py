@@ -17,6 +17,7 @@ import pytest
 
 from ws_stream.sync import WsSocket
 
+from ..ports import refused_port
 from .helpers import connect, stream_server
 
 
@@ -110,10 +111,7 @@ def test_http_client_fetches_pages_through_the_bridge(
 
 
 def test_bridge_reports_a_refused_tcp_target() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
-    with stream_server(make_bridge(port)) as uri, connect(uri) as sock:
+    with stream_server(make_bridge(refused_port())) as uri, connect(uri) as sock:
         sock.settimeout(5)
         assert sock.recv(1) == b""  # the handler raised ConnectionRefusedError
         assert sock.close_code == 1011

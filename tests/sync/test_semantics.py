@@ -18,6 +18,7 @@ import ws_stream
 import ws_stream.sync
 from ws_stream.events import Closed, CloseReceived, Error, PingReceived, PongReceived
 
+from ..ports import refused_port
 from ..rawpeer import BINARY, CLOSE, CONT, PING, PONG, TEXT, close_payload
 from .helpers import collect_events, connect, echo, stream_server
 from .rawpeer import RawServer, raw_connection
@@ -370,9 +371,7 @@ def test_silent_server_times_out_after_open_timeout() -> None:
 def test_bad_uri_refused_port_and_bad_options() -> None:
     with pytest.raises(ValueError):
         connect("http://127.0.0.1:1/")
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
+    port = refused_port()
     with pytest.raises(OSError):
         connect(f"ws://127.0.0.1:{port}/", open_timeout=5)
     with pytest.raises(ValueError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import socket
 
 import pytest
 import trio
@@ -12,16 +11,10 @@ import ws_stream
 from ws_stream import Backoff, ReconnectPolicy, Status
 from ws_stream.trio import WsStream, reconnecting, serve_websocket_stream
 
+from ..ports import free_port, refused_port
 from .helpers import TrioRawPeer, start_server
 
 pytestmark = pytest.mark.trio
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Restartable:
@@ -109,7 +102,7 @@ async def test_fatal_first_failure_and_max_attempts(nursery: trio.Nursery) -> No
 
     policy = ReconnectPolicy(Backoff(0.05, 1.0, jitter=0), max_attempts=3)
     with pytest.raises(OSError):
-        async with reconnecting(f"ws://127.0.0.1:{free_port()}/", policy=policy) as conn:
+        async with reconnecting(f"ws://127.0.0.1:{refused_port()}/", policy=policy) as conn:
             async for _ in conn:
                 raise AssertionError("nothing listens")
     assert conn.state.error_count == 3

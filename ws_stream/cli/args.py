@@ -915,8 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     target_tls.add_argument(
         "--to-cafile",
         metavar="FILE",
-        help="with --to-tls: trust only the CA certificates in FILE (PEM) instead of the "
-        "system's",
+        help="with --to-tls: trust only the CA certificates in FILE (PEM) instead of the system's",
     )
     target_tls.add_argument(
         "--to-server-name",
@@ -1159,8 +1158,10 @@ def _serve_config(
         try:
             ssl.create_default_context(cafile=args.client_ca)
         except (OSError, ssl.SSLError) as exc:
-            parser.error(f"--client-ca: cannot load CA certificates from {args.client_ca}: "
-                         f"{describe(exc)} (a PEM file is expected)")
+            parser.error(
+                f"--client-ca: cannot load CA certificates from {args.client_ca}: "
+                f"{describe(exc)} (a PEM file is expected)"
+            )
     target_tls = _target_tls(args, parser)
     problem = workers_problem(args.workers, unix=args.unix is not None)
     if problem is not None:

@@ -227,6 +227,40 @@ async def test_our_close_code_and_reason_reach_the_peer(front_end: str) -> None:
 
 
 @pytest.mark.parametrize("front_end", FRONT_ENDS)
+async def test_a_peer_that_does_not_read_holds_the_writer_then_gets_it_all_in_order(
+    front_end: str,
+) -> None:
+    """Messages are sent eagerly until the front end's send has to wait; what is
+    written meanwhile waits its turn (drain() blocks), and the close comes last."""
+    data = os.urandom(32 * MiB)
+    async with asyncio.timeout(60), open_pair(front_end) as pair:
+        assert pair.reader is not None
+        writer = pair.stream.writer
+
+        async def write_all() -> None:
+            view = memoryview(data)
+            for start in range(0, len(data), 65536):
+                writer.write(view[start : start + 65536])
+                await writer.drain()
+
+        writing = asyncio.create_task(write_all())
+        await asyncio.sleep(1)
+        assert not writing.done(), "32 MiB went out to a peer that does not read"
+        got = hashlib.sha256()
+        received = 0
+        while received < len(data):
+            chunk = await pair.reader.read(1 << 20)
+            assert chunk, f"EOF after {received} bytes"
+            got.update(chunk)
+            received += len(chunk)
+        await asyncio.wait_for(writing, STEP)
+        assert got.digest() == hashlib.sha256(data).digest()
+        await asyncio.wait_for(pair.stream.close(4001, "all sent"), STEP)
+        assert await pair.reader.read() == b""
+        assert (pair.peer.close_code, pair.peer.close_reason) == (4001, "all sent")
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
 async def test_the_peers_close_code_and_reason(front_end: str) -> None:
     code, reason, ending = PEER_CLOSE[front_end]
     async with asyncio.timeout(30), open_pair(front_end) as pair:
@@ -274,6 +308,35 @@ async def test_the_peer_vanishes_without_a_close_frame(front_end: str, how: str)
         assert isinstance(outcome, ws_stream.AbnormalClosureError), (
             f"{front_end}: after a TCP {how} without a close frame the reader got {outcome!r}"
         )
+        assert stream.close_code == 1006
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+async def test_the_peer_vanishes_while_the_stream_writes(front_end: str) -> None:
+    """A writer that never stops (small writes, no wait) when the peer's TCP is reset:
+    the front end's send fails (at once, or in the sender task) and the writer's
+    drain() raises within seconds; the reader says the connection was lost."""
+    async with asyncio.timeout(30), open_pair(front_end, "raw") as pair:
+        raw, stream = pair.raw, pair.stream
+        assert raw is not None
+        writes = 0
+
+        async def write_forever() -> None:
+            nonlocal writes
+            while True:
+                stream.writer.write(b"w" * 1024)
+                writes += 1
+                await stream.writer.drain()
+                await asyncio.sleep(0)
+
+        writing = asyncio.create_task(write_forever())
+        while writes < 100:
+            await asyncio.sleep(0.01)
+        raw.reset_tcp()
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(writing, STEP)
+        with pytest.raises(ws_stream.AbnormalClosureError):
+            await asyncio.wait_for(stream.reader.read(), STEP)
         assert stream.close_code == 1006
 
 

@@ -14,6 +14,16 @@ an in-memory WebSocket client (websockets' Sans-I/O ``ClientProtocol``, the
 front end's calls. The stream above (``WsTransport``, ``WsStream``) is
 exactly the one used over TCP.
 
+Binary messages are sent *eagerly*: :meth:`MessageLink.send_message` runs
+the front end's ``send`` coroutine at once, in the writer's call, and only
+when it has to wait (the front end's own backpressure) does a task finish it
+and what was queued behind it. A front end's send usually completes without
+waiting (uvicorn, hypercorn and aiohttp write to their transport), so a
+message costs no task switch, as in the framework's own message loop. (The
+first steps of that send run in the writer's task, as ``eager_start`` tasks
+of Python 3.12 would; the rest in the link's task. Closes and pongs always go
+through the task.)
+
 What a front end cannot do, it says: a :class:`WsStream` over a message
 socket has no keepalive of its own (the server's applies) and its ``ping()``
 raises :exc:`NotImplementedError` naming the front end, instead of doing
@@ -25,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
 from websockets.client import ClientProtocol
@@ -88,13 +99,50 @@ def open_pair() -> tuple[ServerProtocol, ClientProtocol]:
     return server, client
 
 
+class _Rest:
+    """Awaiting it finishes a coroutine that was started by hand and is waiting.
+
+    ``coro.send(None)`` ran the coroutine up to its first real wait and
+    returned what it yielded (the future it waits on). Awaited in a task,
+    this hands that very future to the task, then passes every result or
+    exception (a cancellation) on to the coroutine until it returns, as
+    ``yield from`` would.
+    """
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
 class MessageLink(asyncio.Transport):
     """Stands where the TCP transport would: bytes of frames in and out, messages below.
 
     Reading pauses by not calling the front end's ``receive()``: past the
     reader's ``limit``, the front end's own buffers hold what the peer sends
-    (and its flow control slows the peer). Writes queue messages for one
-    sender task; past 64 KiB queued, the stream's protocol is paused.
+    (and its flow control slows the peer). Binary messages are sent eagerly
+    (see the module); what has to wait is queued, in order, for a sender
+    task; past 64 KiB queued, the stream's protocol is paused.
     """
 
     def __init__(self, socket: MessageSocket, mirror: ClientProtocol) -> None:
@@ -105,7 +153,9 @@ class MessageLink(asyncio.Transport):
         self._protocol: asyncio.Protocol | None = None
         self._outbox: deque[tuple[str, Any]] = deque()
         self._queued = 0
-        self._wake_sender = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None  # sends what had to wait
+        self._pumping = False
+        self._send_failed = False  # a send failed: the link ends (from the loop)
         self._reading = asyncio.Event()
         self._reading.set()
         self._writing_paused = False
@@ -113,15 +163,12 @@ class MessageLink(asyncio.Transport):
         self._close_sent = False  # our close went (or goes) to the front end
         self._closing = False
         self._lost = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._receiver_task: asyncio.Task[None] | None = None
         self._stream: Any = None  # the WsTransport, once it is our protocol
 
     def start(self) -> None:
         """Start moving messages (once the stream is the protocol)."""
-        self._tasks = [
-            self._loop.create_task(self._receiver()),
-            self._loop.create_task(self._sender()),
-        ]
+        self._receiver_task = self._loop.create_task(self._receiver())
 
     # Incoming: messages -> the frames a peer would have sent
 
@@ -197,43 +244,87 @@ class MessageLink(asyncio.Transport):
         # The mirror answers pings and closes on its own: ignored, the front
         # end's peer answers (see _sender for the close).
         mirror.data_to_send()
-        if self._outbox:
-            self._wake_sender.set()
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send the queued binary messages now, for as long as the front end takes
+        them without waiting; the first one that waits, and everything behind it
+        (closes, pongs), goes to the sender task, in order. Not re-entrant (a
+        message queued from inside a send is taken by the running loop), and a
+        failure is reported from the event loop, not inside the writer's call."""
+        if not self._pumping:
+            self._pumping = True
+            try:
+                self._send_eagerly()
+            finally:
+                self._pumping = False
         if self._queued > _HIGH_WATER and not self._writing_paused and self._protocol:
             self._writing_paused = True
             self._protocol.pause_writing()
 
-    async def _sender(self) -> None:
+    def _send_eagerly(self) -> None:
+        outbox = self._outbox
+        send_bytes = self._socket.send_bytes
+        while outbox and self._sender is None and not (self._lost or self._send_failed):
+            if outbox[0][0] != BYTES:
+                self._sender = self._loop.create_task(self._send_queued(None, b""))
+                return
+            data = bytes(outbox.popleft()[1])
+            coro = send_bytes(data)
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                self._sent(len(data))
+                continue
+            except Exception as exc:
+                self._failed(exc)
+                return
+            self._sender = self._loop.create_task(self._send_queued(_Rest(coro, waiting_on), data))
+
+    def _sent(self, size: int) -> None:
+        self._queued -= size
+        if self._writing_paused and self._queued <= _HIGH_WATER // 4:
+            self._writing_paused = False
+            if self._protocol is not None and not self._lost:
+                self._protocol.resume_writing()
+
+    def _failed(self, exc: Exception) -> None:
+        logger.info("sending on the %s WebSocket failed: %r", self._socket.name, exc)
+        self._send_failed = True
+        self._outbox.clear()
+        self._loop.call_soon(self._connection_lost, exc)
+
+    async def _send_queued(self, pending: _Rest | None, data: bytes) -> None:
+        """Finish the send that had to wait, then send the outbox in order until it
+        is empty (then the next message is sent eagerly again)."""
         socket = self._socket
+        outbox = self._outbox
         try:
-            while True:
-                while not self._outbox:
-                    self._wake_sender.clear()
-                    await self._wake_sender.wait()
-                kind, value = self._outbox.popleft()
+            if pending is not None:
+                await pending
+                self._sent(len(data))
+            while outbox:
+                kind, value = outbox.popleft()
                 if kind == PONG:
                     await socket.pong(bytes(value))  # type: ignore[attr-defined]
-                    continue
-                if kind == BYTES:
+                elif kind == BYTES:
                     await socket.send_bytes(bytes(value))
-                    self._queued -= len(value)
-                    if self._writing_paused and self._queued <= _HIGH_WATER // 4:
-                        self._writing_paused = False
-                        if self._protocol is not None and not self._lost:
-                            self._protocol.resume_writing()
-                    continue
-                code, reason = value
-                await socket.close(code, reason)
-                # The front end ended the connection; it does not report the
-                # peer's answer: a peer answers a close with its code.
-                self._feed_close(code, reason)
-                self._connection_lost(None)
-                return
+                    self._sent(len(value))
+                else:
+                    code, reason = value
+                    await socket.close(code, reason)
+                    # The front end ended the connection; it does not report the
+                    # peer's answer: a peer answers a close with its code.
+                    self._feed_close(code, reason)
+                    self._connection_lost(None)
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.info("sending on the %s WebSocket failed: %r", socket.name, exc)
             self._connection_lost(exc)
+        finally:
+            self._sender = None
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
@@ -241,8 +332,8 @@ class MessageLink(asyncio.Transport):
         self._lost = True
         self._reading.set()
         current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
+        for task in (self._receiver_task, self._sender):
+            if task is not None and task is not current:
                 task.cancel()
         if self._protocol is not None:
             self._protocol.connection_lost(exc)
@@ -261,10 +352,7 @@ class MessageLink(asyncio.Transport):
             return
         self._outbox.append((BYTES, data))
         self._queued += len(data)
-        self._wake_sender.set()
-        if self._queued > _HIGH_WATER and not self._writing_paused and self._protocol:
-            self._writing_paused = True
-            self._protocol.pause_writing()
+        self._pump()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None
@@ -282,7 +370,7 @@ class MessageLink(asyncio.Transport):
         if not self._close_sent and not self._peer_closed and not self._lost:
             self._close_sent = True
             self._outbox.append((CLOSE, (1000, "")))
-            self._wake_sender.set()
+            self._pump()
         elif self._peer_closed or not self._outbox:
             self._loop.call_soon(self._connection_lost, None)
 

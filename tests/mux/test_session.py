@@ -135,6 +135,30 @@ async def opened_pair(opener: Session, acceptor: Session) -> tuple[StreamPair, S
     return (reader, writer), (peer_reader, peer_writer)
 
 
+# When frames leave
+
+
+async def test_the_first_data_of_an_iteration_leaves_at_once_the_rest_at_its_end() -> None:
+    """Stream data adds no latency: the first write of a loop iteration is on the
+    WebSocket before write() returns; later frames of the same iteration (more
+    data, window updates) travel together at its end, in order."""
+    async with mux_pair() as pair:
+        (reader, writer), (peer_reader, _) = await opened_pair(pair.client, pair.server)
+        await asyncio.sleep(0.05)  # let the opening's frames and ACKs settle
+        stats = pair.stream.stats
+        before = stats.bytes_sent
+        writer.write(b"first")
+        assert stats.bytes_sent == before + 12 + 5  # yamux header + data, sent already
+        writer.write(b"second")
+        writer.write(b"third")
+        assert stats.bytes_sent == before + 12 + 5  # waiting for the end of the iteration
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert stats.bytes_sent == before + 3 * 12 + 5 + 6 + 5
+        async with asyncio.timeout(10):
+            assert await peer_reader.readexactly(16) == b"firstsecondthird"
+
+
 # Many streams, both ways
 
 

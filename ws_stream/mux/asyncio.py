@@ -437,15 +437,23 @@ class Session:
         self._write_out()  # a Go Away goes before the close
         self._writer.close()
 
-    def _output(self) -> None:
+    def _output(self, *, data: bool = False) -> None:
         """Write the machine's frames at the end of this loop iteration, all at once
-        (window updates, ACKs and data of one iteration travel together)."""
-        if not self._out_scheduled and self.machine.has_output:
-            self._out_scheduled = True
-            self._loop.call_soon(self._write_out)
+        (window updates, ACKs and data of one iteration travel together); but
+        the first stream data of an iteration leaves at once, with whatever was
+        waiting (no added latency: the rule of every ws_stream transport)."""
+        if self._out_scheduled or not self.machine.has_output:
+            return
+        self._out_scheduled = True
+        self._loop.call_soon(self._end_of_iteration)
+        if data:
+            self._write_out()
+
+    def _end_of_iteration(self) -> None:
+        self._out_scheduled = False
+        self._write_out()
 
     def _write_out(self) -> None:
-        self._out_scheduled = False
         frames = self.machine.data_to_send()
         if frames and not self._writer.is_closing():
             self._writer.writelines(frames)
@@ -491,7 +499,7 @@ class Session:
             sent = self.machine.send(stream, data)
         except MuxError:
             return len(data)  # the stream is gone: its loss is reported to its protocol
-        self._output()
+        self._output(data=True)
         return sent
 
     def _ready(self, transport: MuxTransport) -> None:

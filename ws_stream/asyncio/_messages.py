@@ -19,10 +19,14 @@ the front end's ``send`` coroutine at once, in the writer's call, and only
 when it has to wait (the front end's own backpressure) does a task finish it
 and what was queued behind it. A front end's send usually completes without
 waiting (uvicorn, hypercorn and aiohttp write to their transport), so a
-message costs no task switch, as in the framework's own message loop. (The
-first steps of that send run in the writer's task, as ``eager_start`` tasks
-of Python 3.12 would; the rest in the link's task. Closes and pongs always go
-through the task.)
+message costs no task switch, as in the framework's own message loop. The
+send runs in a copy of the writer's context (contextvars), its first steps
+in the writer's call and the rest, if it waits, in the link's task with that
+same copy; closes and pongs always go through the task. One limit: in those
+first steps ``asyncio.current_task()`` is the writer's task (or None), so a
+front end whose send starts a timeout on the current task would time out the
+writer instead; none of uvicorn's, hypercorn's, Starlette's or aiohttp's
+sends does.
 
 What a front end cannot do, it says: a :class:`WsStream` over a message
 socket has no keepalive of its own (the server's applies) and its ``ping()``
@@ -33,6 +37,7 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Coroutine, Generator
@@ -115,6 +120,11 @@ class _Rest:
         self._coro = coro
         self._yielded = yielded
 
+    def close(self) -> None:
+        """End the coroutine where it waits (GeneratorExit: its cleanup runs), when
+        no task will ever await this (it was cancelled before its first step)."""
+        self._coro.close()
+
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, value = self._coro, self._yielded
         while True:
@@ -154,6 +164,7 @@ class MessageLink(asyncio.Transport):
         self._outbox: deque[tuple[str, Any]] = deque()
         self._queued = 0
         self._sender: asyncio.Task[None] | None = None  # sends what had to wait
+        self._unstarted: _Rest | None = None  # the send _sender has yet to take over
         self._pumping = False
         self._send_failed = False  # a send failed: the link ends (from the loop)
         self._reading = asyncio.Event()
@@ -271,15 +282,17 @@ class MessageLink(asyncio.Transport):
                 return
             data = bytes(outbox.popleft()[1])
             coro = send_bytes(data)
+            context = contextvars.copy_context()
             try:
-                waiting_on = coro.send(None)
+                waiting_on = context.run(coro.send, None)
             except StopIteration:
                 self._sent(len(data))
                 continue
             except Exception as exc:
                 self._failed(exc)
                 return
-            self._sender = self._loop.create_task(self._send_queued(_Rest(coro, waiting_on), data))
+            rest = self._unstarted = _Rest(coro, waiting_on)
+            self._sender = self._loop.create_task(self._send_queued(rest, data), context=context)
 
     def _sent(self, size: int) -> None:
         self._queued -= size
@@ -289,6 +302,8 @@ class MessageLink(asyncio.Transport):
                 self._protocol.resume_writing()
 
     def _failed(self, exc: Exception) -> None:
+        """A send failed: nothing more is sent, and the link ends (from the loop, never
+        inside the writer's call)."""
         logger.info("sending on the %s WebSocket failed: %r", self._socket.name, exc)
         self._send_failed = True
         self._outbox.clear()
@@ -301,6 +316,7 @@ class MessageLink(asyncio.Transport):
         outbox = self._outbox
         try:
             if pending is not None:
+                self._unstarted = None
                 await pending
                 self._sent(len(data))
             while outbox:
@@ -321,8 +337,7 @@ class MessageLink(asyncio.Transport):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.info("sending on the %s WebSocket failed: %r", socket.name, exc)
-            self._connection_lost(exc)
+            self._failed(exc)
         finally:
             self._sender = None
 
@@ -335,6 +350,10 @@ class MessageLink(asyncio.Transport):
         for task in (self._receiver_task, self._sender):
             if task is not None and task is not current:
                 task.cancel()
+        self._sender = None
+        rest, self._unstarted = self._unstarted, None
+        if rest is not None:
+            rest.close()  # its task was cancelled before taking it over
         if self._protocol is not None:
             self._protocol.connection_lost(exc)
 
@@ -347,8 +366,9 @@ class MessageLink(asyncio.Transport):
 
     def send_message(self, data: bytes) -> None:
         """A binary message from the engine (data is never framed here): queued for the
-        front end, in order with what :meth:`write` queues (control frames)."""
-        if self._lost:
+        front end, in order with what :meth:`write` queues (control frames). Dropped
+        once the connection is lost or our close is on its way (after ``abort()``)."""
+        if self._lost or self._close_sent:
             return
         self._outbox.append((BYTES, data))
         self._queued += len(data)

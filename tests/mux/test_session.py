@@ -157,6 +157,15 @@ async def test_the_first_data_of_an_iteration_leaves_at_once_the_rest_at_its_end
         assert stats.bytes_sent == before + 3 * 12 + 5 + 6 + 5
         async with asyncio.timeout(10):
             assert await peer_reader.readexactly(16) == b"firstsecondthird"
+        # A control frame waiting for the end of the iteration does not hold the
+        # iteration's first data back: both leave at once, in order.
+        before = stats.bytes_sent
+        pair.client.go_away()
+        assert stats.bytes_sent == before
+        writer.write(b"after")
+        assert stats.bytes_sent == before + 12 + 12 + 5
+        async with asyncio.timeout(10):
+            assert await peer_reader.readexactly(5) == b"after"
 
 
 # Many streams, both ways

@@ -321,7 +321,8 @@ class Session:
         self._waiting: dict[int, MuxTransport] = {}  # streams with bytes to send
         self._wake: asyncio.Event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._out_scheduled = False
+        self._out_scheduled = False  # _end_of_iteration is on its way
+        self._data_out = False  # this iteration's first stream data went at once
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self.error: SessionFailed | None = None
         #: Over a ws_stream WsStream, the session is its transport's protocol
@@ -442,15 +443,18 @@ class Session:
         (window updates, ACKs and data of one iteration travel together); but
         the first stream data of an iteration leaves at once, with whatever was
         waiting (no added latency: the rule of every ws_stream transport)."""
-        if self._out_scheduled or not self.machine.has_output:
+        if not self.machine.has_output:
             return
-        self._out_scheduled = True
-        self._loop.call_soon(self._end_of_iteration)
-        if data:
+        if not self._out_scheduled:
+            self._out_scheduled = True
+            self._loop.call_soon(self._end_of_iteration)
+        if data and not self._data_out:
+            self._data_out = True
             self._write_out()
 
     def _end_of_iteration(self) -> None:
         self._out_scheduled = False
+        self._data_out = False
         self._write_out()
 
     def _write_out(self) -> None:

@@ -13,14 +13,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from .benchtables import NUMBER, positive, positive_numbers, ratio
+
 ROOT = Path(__file__).resolve().parent.parent
 
-NUMBER = r"\d+(?:\.\d+)?"
-RATIO = r"(\d+\.\d\d)x \(rounds (\d+\.\d\d)-(\d+\.\d\d)x\)"
 FRONT_ENDS = {
     "uvicorn": "uvicorn --ws websockets-sansio (Starlette)",
     "aiohttp": "aiohttp web server",
@@ -38,36 +37,6 @@ def row(table: str, *first: str) -> list[str]:
     rows = [line for line in table.splitlines() if line.startswith(prefix)]
     assert len(rows) == 1, (first, table)
     return [cell.strip() for cell in rows[0].strip().strip("|").split("|")][len(first) :]
-
-
-def positive(cell: str, pattern: str) -> float:
-    """The number ``cell`` holds, in the form ``pattern`` (one group); it must be > 0."""
-    match = re.fullmatch(pattern, cell)
-    assert match, (cell, pattern)
-    value = float(match.group(1))
-    assert value > 0, cell
-    return value
-
-
-def ratio(cell: str) -> float:
-    match = re.fullmatch(RATIO, cell)
-    assert match, cell
-    value, low, high = (float(group) for group in match.groups())
-    assert 0 < low <= high and value > 0, cell
-    return value
-
-
-def positive_numbers(value: Any) -> bool:
-    """Every number in ``value`` (nested lists and dicts) is > 0."""
-    if isinstance(value, dict):
-        return all(positive_numbers(v) for v in value.values())
-    if isinstance(value, list):
-        return all(positive_numbers(v) for v in value)
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, (int, float)):
-        return value > 0
-    return True
 
 
 @pytest.mark.timeout(300)

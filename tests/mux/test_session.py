@@ -25,6 +25,8 @@ import ws_stream
 from ws_stream import mux
 from ws_stream.mux import MuxError, Session
 
+from .helpers import digest, digest_to_eof, stream_id
+
 KiB = 2**10
 MiB = 2**20
 #: Random bytes: every payload is a slice of it (an offset and a size).
@@ -36,20 +38,6 @@ OnStream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None
 
 def payload(offset: int, size: int) -> memoryview:
     return memoryview(BLOCK)[offset : offset + size]
-
-
-def digest(data: bytes | memoryview) -> tuple[int, str]:
-    return len(data), hashlib.sha256(data).hexdigest()
-
-
-async def digest_to_eof(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """Read to EOF: how many bytes, and their sha256."""
-    hasher = hashlib.sha256()
-    count = 0
-    while chunk := await reader.read(256 * KiB):
-        hasher.update(chunk)
-        count += len(chunk)
-    return count, hasher.hexdigest()
 
 
 async def send_all(
@@ -70,12 +58,6 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
-
-
-def stream_id(writer: asyncio.StreamWriter) -> int:
-    sid = writer.get_extra_info("mux_stream")
-    assert isinstance(sid, int)
-    return sid
 
 
 @dataclass

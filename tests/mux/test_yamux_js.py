@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import random
@@ -30,6 +29,8 @@ from tests.cli.conftest import cli
 from tests.cli.helpers import Cli
 from ws_stream import mux
 from ws_stream.mux import Session
+
+from .helpers import digest, digest_to_eof, stream_id
 
 # The `cli` fixture of tests/cli (every ws-stream subprocess killed at the end).
 __all__ = ["cli"]
@@ -56,26 +57,6 @@ STEP = 20.0
 Json = dict[str, Any]
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _names = itertools.count()
-
-
-def digest(data: bytes | memoryview) -> tuple[int, str]:
-    return len(data), hashlib.sha256(data).hexdigest()
-
-
-async def digest_to_eof(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """Read to EOF: how many bytes, and their sha256."""
-    hasher = hashlib.sha256()
-    count = 0
-    while chunk := await reader.read(256 * KiB):
-        hasher.update(chunk)
-        count += len(chunk)
-    return count, hasher.hexdigest()
-
-
-def stream_id(writer: asyncio.StreamWriter) -> int:
-    sid = writer.get_extra_info("mux_stream")
-    assert isinstance(sid, int)
-    return sid
 
 
 async def echo_after_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

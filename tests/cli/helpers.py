@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -146,14 +146,9 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     return asyncio.run(bounded())
 
 
-async def start_tcp_echo(
-    prefix: bytes = b"",
-) -> tuple[asyncio.Server, int, list[int]]:
-    """A TCP echo server on 127.0.0.1 (``prefix`` first); ends its side at EOF.
-
-    Returns the server, its port and a list that counts accepted connections.
-    """
-    accepted: list[int] = []
+def counting_echo(prefix: bytes, accepted: list[int]) -> Callable[..., Awaitable[None]]:
+    """An asyncio server callback: counts the connection in ``accepted``, writes
+    ``prefix``, then echoes every byte; it ends its side at EOF."""
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(1)
@@ -168,7 +163,18 @@ async def start_tcp_echo(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return echo
+
+
+async def start_tcp_echo(
+    prefix: bytes = b"",
+) -> tuple[asyncio.Server, int, list[int]]:
+    """A TCP echo server on 127.0.0.1 (``prefix`` first); ends its side at EOF.
+
+    Returns the server, its port and a list that counts accepted connections.
+    """
+    accepted: list[int] = []
+    server = await asyncio.start_server(counting_echo(prefix, accepted), "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1], accepted
 
 

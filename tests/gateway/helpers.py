@@ -22,7 +22,7 @@ import trustme
 
 import ws_stream
 
-from ..cli.helpers import Cli
+from ..cli.helpers import Cli, counting_echo
 
 __all__ = [
     "Reply",
@@ -166,20 +166,7 @@ async def round_trip(uri: str, prefix: bytes = b"", size: int = 100_000, **optio
 async def start_unix_echo(path: Path, prefix: bytes = b"") -> tuple[asyncio.Server, list[int]]:
     """A Unix-socket echo server (``prefix`` first) that counts its connections."""
     accepted: list[int] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        try:
-            writer.write(prefix)
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_unix_server(echo, str(path))
+    server = await asyncio.start_unix_server(counting_echo(prefix, accepted), str(path))
     return server, accepted
 
 

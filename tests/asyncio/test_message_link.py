@@ -77,3 +77,19 @@ async def test_sends_that_wait_keep_their_order_with_later_writes() -> None:
     front.incoming.put_nowait((BYTES, b"bye"))
     assert await asyncio.wait_for(stream.reader.readexactly(3), 5) == b"bye"
     stream.transport.abort()
+
+
+async def test_a_send_that_need_not_wait_is_done_inside_write() -> None:
+    """README: a message written over ASGI or aiohttp is sent eagerly - the front end's
+    send has run when write() returns, with no task switch."""
+    front = HeldFrontEnd()
+    front.release.set()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    stream.writer.write(b"now")
+    assert front.sent == [b"now"] and front.cleaned_up == 1
+    stream.writer.write(b"coalesced")  # the second write of this iteration waits for its end
+    assert front.sent == [b"now"]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert front.sent == [b"now", b"coalesced"]
+    stream.transport.abort()

@@ -29,9 +29,16 @@ class HeldFrontEnd:
         self.release = asyncio.Event()
         self.sent: list[bytes] = []
         self.cleaned_up = 0
+        self.receivers: list[asyncio.Task[Any] | None] = []  # the task of each receive()
+        self.receives_cancelled = 0
 
     async def receive(self) -> Message:
-        return await self.incoming.get()
+        self.receivers.append(asyncio.current_task())
+        try:
+            return await self.incoming.get()
+        except asyncio.CancelledError:
+            self.receives_cancelled += 1
+            raise
 
     async def send_bytes(self, data: bytes) -> None:
         try:
@@ -93,3 +100,154 @@ async def test_a_send_that_need_not_wait_is_done_inside_write() -> None:
     await asyncio.sleep(0)
     assert front.sent == [b"now", b"coalesced"]
     stream.transport.abort()
+
+
+async def test_a_read_that_waits_fetches_the_next_message_in_its_own_task() -> None:
+    """Once a read waits, the front end's receive() runs in the reader's task: the
+    message reaches the reader with no hop through the link's task."""
+    front = HeldFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    reader_task = asyncio.current_task()
+    for i in range(5):
+        front.incoming.put_nowait((BYTES, b"%d" % i))
+        async with asyncio.timeout(5):
+            assert await stream.reader.readexactly(1) == b"%d" % i
+    later = asyncio.get_running_loop().call_later(0.05, front.incoming.put_nowait, (BYTES, b"5"))
+    async with asyncio.timeout(5):
+        assert await stream.reader.readexactly(1) == b"5"
+    later.cancel()
+    # The test's task never waits elsewhere: every receive() but the link's first is its.
+    assert front.receivers[-1] is reader_task
+    assert front.receivers.count(reader_task) >= 5
+    assert front.receives_cancelled == 0
+    stream.transport.abort()
+
+
+async def test_a_waiting_read_ends_when_the_stream_is_aborted_on_a_silent_front_end() -> None:
+    """A front end whose receive() says nothing after our close (it reports the end
+    only later, or never): a read waiting in it still ends at ``abort()``, and the
+    front end's receive is cancelled, not left running."""
+    front = HeldFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+
+    async def read_on() -> bytes:
+        assert await stream.reader.readexactly(1) == b"a"
+        return await stream.reader.read(10)  # waits in the front end's receive()
+
+    reading = asyncio.create_task(read_on())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    front.incoming.put_nowait((BYTES, b"a"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert front.receivers[-1] is reading
+    stream.transport.abort()
+    front.release.set()
+    try:
+        data = await asyncio.wait_for(reading, 5)
+    except ConnectionError:
+        pass
+    else:
+        assert data == b""
+    assert front.receives_cancelled >= 1
+
+
+async def test_a_read_cancelled_while_it_fetches_loses_nothing() -> None:
+    """A timeout around a read cancels the front end's receive() it was running
+    (the message stays in the front end's queue); the next read gets it."""
+    front = HeldFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    front.incoming.put_nowait((BYTES, b"a"))
+    async with asyncio.timeout(5):
+        assert await stream.reader.readexactly(1) == b"a"
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await stream.reader.read(10)
+    assert front.receives_cancelled >= 3
+    front.incoming.put_nowait((BYTES, b"b"))
+    assert await asyncio.wait_for(stream.reader.read(10), 5) == b"b"
+
+    # The message arrives in the very iteration the read is cancelled in: the
+    # receive's future is already done when the cancellation reaches it.
+    async def read_on() -> bytes:
+        assert await stream.reader.readexactly(1) == b"c"
+        return await stream.reader.read(10)  # fetches: cancelled below
+
+    for i in range(5):
+        reading = asyncio.create_task(read_on())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        front.incoming.put_nowait((BYTES, b"c"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert front.receivers[-1] is reading
+        front.incoming.put_nowait((BYTES, b"%d" % i))
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        async with asyncio.timeout(5):
+            assert await stream.reader.readexactly(1) == b"%d" % i
+    stream.transport.abort()
+
+
+async def test_a_read_cancelled_long_ago_is_not_cancelled_again_by_an_abort() -> None:
+    """A reader whose task caught a cancellation earlier (without ``uncancel()``)
+    and then waits in the front end's receive when the stream is aborted: its read
+    ends with the stream's end, not with a CancelledError nobody asked for."""
+    front = HeldFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    caught = asyncio.Event()
+
+    async def read_on() -> bytes:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            caught.set()  # caught, not uncancel()ed: cancelling() stays 1
+        assert await stream.reader.readexactly(1) == b"a"
+        return await stream.reader.read(10)  # fetches: the abort ends it
+
+    reading = asyncio.create_task(read_on())
+    await asyncio.sleep(0)
+    reading.cancel()
+    await asyncio.wait_for(caught.wait(), 5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    front.incoming.put_nowait((BYTES, b"a"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert front.receivers[-1] is reading
+    stream.transport.abort()
+    try:
+        data = await asyncio.wait_for(reading, 5)
+    except ConnectionError:
+        pass
+    else:
+        assert data == b""
+
+
+async def test_a_message_the_stream_cannot_take_fails_the_connection_in_the_reader_too() -> None:
+    """A front end reports a close code no peer may send (1015): whichever task
+    received it, the connection fails (AbnormalClosureError), and nothing read after
+    it reaches the reader."""
+    front = HeldFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+
+    async def read_on() -> bytes:
+        assert await stream.reader.readexactly(1) == b"a"
+        return await stream.reader.read(10)  # fetches: gets the bad close
+
+    async with asyncio.timeout(5):
+        reading = asyncio.create_task(read_on())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        front.incoming.put_nowait((BYTES, b"a"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert front.receivers[-1] is reading
+        front.incoming.put_nowait((CLOSE, (1015, "bad")))
+        front.incoming.put_nowait((BYTES, b"more"))
+        with pytest.raises(ws_stream.AbnormalClosureError):
+            await reading
+        with pytest.raises(ws_stream.AbnormalClosureError):
+            await stream.reader.read(10)

@@ -486,3 +486,74 @@ async def test_a_message_over_the_servers_limit(front_end: str) -> None:
             assert isinstance(outcome, ws_stream.ProtocolError)
             assert outcome.code == expected_code
         assert code == peer_sees
+
+
+# 9. A read that waits: it fetches the next message itself; cancelled, or ended by us
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+async def test_reads_cancelled_by_timeouts_lose_nothing(front_end: str) -> None:
+    """A read waiting for the peer fetches the front end's next message in the
+    reader's own task; cancelling it (a timeout) while the peer keeps sending
+    loses no byte and repeats none."""
+    count = 400
+    expected = b"".join(struct.pack("!I", i) for i in range(count))
+    async with asyncio.timeout(60), open_pair(front_end) as pair:
+        assert pair.writer is not None
+        peer = pair.writer
+
+        async def send() -> None:
+            for i in range(count):
+                peer.write(struct.pack("!I", i))
+                await peer.drain()
+                await asyncio.sleep(0.0005 * (i % 4))
+
+        sending = asyncio.create_task(send())
+        got = bytearray()
+        timeouts = 0
+        while len(got) < len(expected):
+            try:
+                async with asyncio.timeout(0.0003 * (timeouts % 7)):
+                    got += await pair.stream.reader.read(len(expected) - len(got))
+            except TimeoutError:
+                timeouts += 1
+        await sending
+        assert bytes(got) == expected
+        assert timeouts > count // 4, f"only {timeouts} reads were cancelled"
+        pair.stream.writer.write(b"still both ways")
+        assert await pair.reader.readexactly(15) == b"still both ways"
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+async def test_a_waiting_read_ends_when_the_stream_is_aborted(front_end: str) -> None:
+    """``abort()`` while another task's read waits for the peer: that read ends
+    (EOF or the error) within seconds, never left waiting on the front end."""
+    async with asyncio.timeout(30), open_pair(front_end) as pair:
+        reading = asyncio.create_task(pair.stream.reader.read(100))
+        await asyncio.sleep(0.1)
+        assert not reading.done()
+        pair.stream.writer.transport.abort()
+        try:
+            data = await asyncio.wait_for(reading, STEP)
+        except ConnectionError:
+            pass
+        else:
+            assert data == b""
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+async def test_a_waiting_read_ends_when_our_close_gets_no_answer(front_end: str) -> None:
+    """Our close to a peer that never answers it, while a read waits: ``close()``
+    returns (at once where the front end answers for the peer, else after
+    ``close_timeout``, 3 s here) and the read ends too."""
+    async with asyncio.timeout(30), open_pair(front_end, "raw") as pair:
+        reading = asyncio.create_task(pair.stream.reader.read(100))
+        await asyncio.sleep(0.1)
+        assert not reading.done()
+        await asyncio.wait_for(pair.stream.close(4001, "bye"), STEP)
+        try:
+            data = await asyncio.wait_for(reading, STEP)
+        except ConnectionError:
+            pass
+        else:
+            assert data == b""

@@ -28,6 +28,22 @@ front end whose send starts a timeout on the current task would time out the
 writer instead; none of uvicorn's, hypercorn's, Starlette's or aiohttp's
 sends does.
 
+Messages are received by whoever needs them, one ``receive()`` in flight at
+a time. While no reader waits, the link's task receives: it sees the peer's
+close, pings and failures, and reads ahead up to ``limit``. A read that finds
+nothing to read and no receive in flight awaits the front end's ``receive()``
+in its own task (:class:`_Pull`), so the message reaches it with no hop
+through another task, as in the framework's own message loop. That is the
+case of a reader that reads again as soon as it has handled what it read (an
+echo, a codec's loop); a reader that awaits something else in between (the
+link's task took over) waits for the message the task receives, and fetches
+the one after itself. A read cancelled by a timeout cancels the receive it
+was running, as ``asyncio.wait_for(websocket.receive(), t)`` would: the
+front ends' receives are cancel-safe (uvicorn's, hypercorn's and aiohttp's
+wait on a queue, and the message stays queued for the next one), with one
+exception: a timeout that lands while aiohttp's receive is answering the
+peer's close loses that close's reason (the code is kept).
+
 What a front end cannot do, it says: a :class:`WsStream` over a message
 socket has no keepalive of its own (the server's applies) and its ``ping()``
 raises :exc:`NotImplementedError` naming the front end, instead of doing
@@ -145,12 +161,89 @@ class _Rest:
                     return stop.value
 
 
+class _Pull:
+    """The reader's task awaits the front end's ``receive()`` through this.
+
+    It drives the coroutine by hand, handing every future it waits on to the
+    reader's task (one hop, as when a framework's own loop awaits it). When
+    the link is lost meanwhile (a send failed, an abort, the close deadline),
+    :meth:`interrupt` cancels the future the receive waits on, as a task's
+    cancellation would; the receive ends and the reader finds the stream's
+    end. The reader's own cancellation (a timeout around ``read()``) goes into
+    the receive too (see the module on cancel-safety). A message it returns
+    is handled as the link's task would (a failure ends the connection).
+    """
+
+    __slots__ = ("_interrupted", "_link", "_waiting_on")
+
+    def __init__(self, link: MessageLink) -> None:
+        self._link = link
+        self._waiting_on: Any = None
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        future = self._waiting_on
+        if future is not None and hasattr(future, "cancel"):
+            future.cancel()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        link = self._link
+        link._receiving = True
+        link._pulling = self
+        task = asyncio.current_task()
+        # A cancellation is the reader's own only if it was asked for during this
+        # receive (a count left over from an earlier, caught one does not count).
+        cancels = task.cancelling() if task is not None else 0
+        coro = link._socket.receive()
+        try:
+            thrown: BaseException | None = None
+            while True:
+                try:
+                    if thrown is None:
+                        yielded = coro.send(None)
+                    else:
+                        yielded, thrown = coro.throw(thrown), None
+                except StopIteration as stop:
+                    kind, value = stop.value
+                    break
+                self._waiting_on = yielded
+                try:
+                    yield yielded
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # a cancellation: into the receive
+                    thrown = exc
+                finally:
+                    self._waiting_on = None
+                if self._interrupted and thrown is None:
+                    thrown = asyncio.CancelledError()
+        except asyncio.CancelledError:
+            if self._interrupted and (task is None or task.cancelling() <= cancels):
+                return  # the link was lost: the reader finds out why
+            raise
+        except Exception as exc:
+            link._receive_failed(exc)
+            return
+        finally:
+            link._receiving = False
+            link._pulling = None
+        if self._interrupted:
+            return
+        try:
+            link._received(kind, value)
+        except Exception as exc:  # as in the link's task: the connection fails
+            link._receive_failed(exc)
+
+
 class MessageLink(asyncio.Transport):
     """Stands where the TCP transport would: bytes of frames in and out, messages below.
 
     Reading pauses by not calling the front end's ``receive()``: past the
     reader's ``limit``, the front end's own buffers hold what the peer sends
-    (and its flow control slows the peer). Binary messages are sent eagerly
+    (and its flow control slows the peer). A waiting reader receives the next
+    message itself (:meth:`pull`; see the module). Binary messages are sent eagerly
     (see the module); what has to wait is queued, in order, for a sender
     task; past 64 KiB queued, the stream's protocol is paused.
     """
@@ -175,6 +268,11 @@ class MessageLink(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._receiver_task: asyncio.Task[None] | None = None
+        self._receiving = False  # a receive() is in flight (the task's or a reader's)
+        self._pulling: _Pull | None = None  # the reader's receive in flight
+        self._watching = asyncio.Event()  # set: the receiver task may receive again
+        self._reader_waits = False  # a reader waits while the task receives
+        self._idle_check = False
         self._stream: Any = None  # the WsTransport, once it is our protocol
 
     def start(self) -> None:
@@ -182,44 +280,95 @@ class MessageLink(asyncio.Transport):
         self._receiver_task = self._loop.create_task(self._receiver())
 
     # Incoming: messages -> the frames a peer would have sent
+    #
+    # One receive() is in flight at a time, awaited by whoever needs it: the
+    # stream's reader when it has nothing to read (pull(): the message reaches
+    # it with no hop through another task, as in the framework's own message
+    # loop), otherwise the receiver task, which keeps watching the connection
+    # (the peer's close, pings, a failure) and reads ahead up to ``limit``.
+    # The task steps aside while a reader waits, and takes over again from the
+    # loop (idle()) once no reader is fetching.
 
     async def _receiver(self) -> None:
         try:
             while not self._lost:
                 await self._reading.wait()
-                kind, value = await self._socket.receive()
-                if self._lost or self._close_sent:
-                    return  # our close is under way: the sender ends the connection
-                if kind == BYTES:
-                    # Data needs no framing: the engine decides it as a binary frame.
-                    ws = self._stream
-                    if ws is not None:
-                        ws._message_received(bytes(value))
-                elif kind == TEXT:
-                    self._feed(Opcode.TEXT, value.encode())
-                elif kind == PING:
-                    self._feed(Opcode.PING, value)  # the engine answers (write())
-                elif kind == PONG:
-                    self._feed(Opcode.PONG, value)
-                else:
-                    code, reason = value
-                    self._peer_closed = True
-                    if code == 1006:
-                        self._connection_lost(_lost())
-                    elif code in _VIOLATIONS and self._protocol is not None:
-                        ws = getattr(self._protocol, "ws", None)
-                        if ws is not None:
-                            ws._front_end_violation(code, reason)
-                        self._connection_lost(None)
-                    else:
-                        self._feed_close(code, reason)
-                        self._connection_lost(None)
+                if self._receiving:  # the reader fetches: wait until it stops
+                    self._watching.clear()
+                    await self._watching.wait()
+                    continue
+                self._receiving = True
+                try:
+                    kind, value = await self._socket.receive()
+                finally:
+                    self._receiving = False
+                if self._received(kind, value):
                     return
+                if self._reader_waits:
+                    # A reader waited for this message: let it run first, so
+                    # that it fetches the next one itself if it wants more.
+                    self._reader_waits = False
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.info("the %s WebSocket failed: %r", self._socket.name, exc)
-            self._connection_lost(exc)
+            self._receive_failed(exc)
+
+    def pull(self) -> _Pull | None:
+        """For the reader: the next message fetched in its own task, or None when a
+        receive is already in flight (or no more will be made)."""
+        if self._receiving or self._lost or self._close_sent or not self._reading.is_set():
+            self._reader_waits = True
+            return None
+        return _Pull(self)
+
+    def idle(self) -> None:
+        """The reader stopped waiting: unless it fetches again in this loop
+        iteration, the receiver task watches the connection again."""
+        if not self._idle_check:
+            self._idle_check = True
+            self._loop.call_soon(self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_check = False
+        if not self._receiving and not self._lost:
+            self._watching.set()
+
+    def _received(self, kind: str, value: Any) -> bool:
+        """Hand a message to the stream; True when it ended the connection (or the
+        connection was already ending: then it is discarded)."""
+        if self._lost or self._close_sent:
+            return True  # our close is under way: the sender ends the connection
+        if kind == BYTES:
+            # Data needs no framing: the engine decides it as a binary frame.
+            ws = self._stream
+            if ws is not None:
+                ws._message_received(bytes(value))
+        elif kind == TEXT:
+            self._feed(Opcode.TEXT, value.encode())
+        elif kind == PING:
+            self._feed(Opcode.PING, value)  # the engine answers (write())
+        elif kind == PONG:
+            self._feed(Opcode.PONG, value)
+        else:
+            code, reason = value
+            self._peer_closed = True
+            if code == 1006:
+                self._connection_lost(_lost())
+            elif code in _VIOLATIONS and self._protocol is not None:
+                ws = getattr(self._protocol, "ws", None)
+                if ws is not None:
+                    ws._front_end_violation(code, reason)
+                self._connection_lost(None)
+            else:
+                self._feed_close(code, reason)
+                self._connection_lost(None)
+            return True
+        return False
+
+    def _receive_failed(self, exc: Exception) -> None:
+        logger.info("the %s WebSocket failed: %r", self._socket.name, exc)
+        self._connection_lost(exc)
 
     def _feed(self, opcode: Opcode, data: bytes) -> None:
         """Hand the stream the frame a peer would have sent (masked: a client's)."""
@@ -346,6 +495,10 @@ class MessageLink(asyncio.Transport):
             return
         self._lost = True
         self._reading.set()
+        self._watching.set()
+        pulling = self._pulling
+        if pulling is not None:
+            pulling.interrupt()
         current = asyncio.current_task()
         for task in (self._receiver_task, self._sender):
             if task is not None and task is not current:

@@ -19,12 +19,23 @@ had gathered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any, SupportsIndex
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol, SupportsIndex
 
 from .._buffer import ChunkBuffer
 
 __all__ = ["ChunkedStreamReader"]
+
+
+class _Source(Protocol):
+    """Where a reader with nothing to read may fetch data itself (a message front end)."""
+
+    def pull(self) -> Awaitable[None] | None:
+        """Something to await that fetches the next message in the reader's task, or
+        None when the source is already fetching (the reader then waits as usual)."""
+
+    def idle(self) -> None:
+        """The reader stopped waiting: the source watches the connection again."""
 
 
 class ChunkedStreamReader(asyncio.StreamReader):
@@ -75,6 +86,8 @@ class ChunkedStreamReader(asyncio.StreamReader):
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(limit=limit, loop=loop)
         self._chunks = ChunkBuffer()
+        self._source: _Source | None = None
+        self._pulling = False
 
     def __repr__(self) -> str:
         info = [f"{len(self._chunks)} bytes"] if len(self._chunks) else []
@@ -139,7 +152,7 @@ class ChunkedStreamReader(asyncio.StreamReader):
             self._transport.resume_reading()
 
     async def _wait(self, func_name: str) -> None:
-        if self._waiter is not None:
+        if self._waiter is not None or self._pulling:
             raise RuntimeError(
                 f"{func_name}() called while another coroutine is already waiting for data"
             )
@@ -147,11 +160,25 @@ class ChunkedStreamReader(asyncio.StreamReader):
             self._paused = False
             assert self._transport is not None
             self._transport.resume_reading()
+        source = self._source
+        if source is not None:
+            pull = source.pull()
+            if pull is not None:
+                # The next message is fetched in this task: no hop through another.
+                self._pulling = True
+                try:
+                    await pull
+                finally:
+                    self._pulling = False
+                    source.idle()
+                return
         self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
+            if source is not None:
+                source.idle()
 
     def _take(self, n: int, exact: bool = True) -> bytes:
         data = self._chunks.take(n, exact)

@@ -123,6 +123,7 @@ class WsStream:
             send_message=link.send_message,
         )
         link.start()
+        self._reader._source = link
         return self
 
     @classmethod

@@ -20,13 +20,13 @@ when it has to wait (the front end's own backpressure) does a task finish it
 and what was queued behind it. A front end's send usually completes without
 waiting (uvicorn, hypercorn and aiohttp write to their transport), so a
 message costs no task switch, as in the framework's own message loop. The
-send runs in a copy of the writer's context (contextvars), its first steps
-in the writer's call and the rest, if it waits, in the link's task with that
-same copy; closes and pongs always go through the task. One limit: in those
-first steps ``asyncio.current_task()`` is the writer's task (or None), so a
-front end whose send starts a timeout on the current task would time out the
-writer instead; none of uvicorn's, hypercorn's, Starlette's or aiohttp's
-sends does.
+send's first steps run in the writer's call and context (contextvars), as if
+the writer awaited it; the rest, if it waits, runs in the link's task with a
+copy of that context, taken then; closes and pongs always go through the
+task. One limit: in those first steps ``asyncio.current_task()`` is the
+writer's task (or None), so a front end whose send starts a timeout on the
+current task would time out the writer instead; none of uvicorn's,
+hypercorn's, Starlette's or aiohttp's sends does.
 
 Messages are received by whoever needs them, one ``receive()`` in flight at
 a time. While no reader waits, the link's task receives: it sees the peer's
@@ -191,7 +191,7 @@ class _Pull:
         link = self._link
         link._receiving = True
         link._pulling = self
-        task = asyncio.current_task()
+        task = asyncio.current_task(link._loop)
         # A cancellation is the reader's own only if it was asked for during this
         # receive (a count left over from an earlier, caught one does not count).
         cancels = task.cancelling() if task is not None else 0
@@ -327,7 +327,11 @@ class MessageLink(asyncio.Transport):
         iteration, the receiver task watches the connection again."""
         if not self._idle_check:
             self._idle_check = True
-            self._loop.call_soon(self._check_idle)
+            stream = self._stream
+            if stream is not None:
+                stream.at_iteration_end(self._check_idle)  # with the writes' flush
+            else:
+                self._loop.call_soon(self._check_idle)
 
     def _check_idle(self) -> None:
         self._idle_check = False
@@ -431,9 +435,8 @@ class MessageLink(asyncio.Transport):
                 return
             data = bytes(outbox.popleft()[1])
             coro = send_bytes(data)
-            context = contextvars.copy_context()
             try:
-                waiting_on = context.run(coro.send, None)
+                waiting_on = coro.send(None)
             except StopIteration:
                 self._sent(len(data))
                 continue
@@ -441,7 +444,9 @@ class MessageLink(asyncio.Transport):
                 self._failed(exc)
                 return
             rest = self._unstarted = _Rest(coro, waiting_on)
-            self._sender = self._loop.create_task(self._send_queued(rest, data), context=context)
+            self._sender = self._loop.create_task(
+                self._send_queued(rest, data), context=contextvars.copy_context()
+            )
 
     def _sent(self, size: int) -> None:
         self._queued -= size

@@ -96,6 +96,7 @@ class WsTransport(asyncio.Transport):
         "_engine",
         "_eof_written",
         "_flush_handle",
+        "_iteration_end",
         "_loop",
         "_max_frame",
         "_on_lost",
@@ -110,6 +111,7 @@ class WsTransport(asyncio.Transport):
         "_timer",
         "_timer_at",
         "_writing_paused",
+        "_wrote",
         "close_code_to_send",
         "close_reason_to_send",
         "engine",
@@ -143,7 +145,9 @@ class WsTransport(asyncio.Transport):
         self._on_lost = on_lost
         self._protocol: asyncio.BaseProtocol | None = None
         self._buffered = False
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_handle: asyncio.Handle | None = None  # runs at the end of the iteration
+        self._wrote = False  # a write was framed in this loop iteration
+        self._iteration_end: Callable[[], None] | None = None  # see at_iteration_end()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._closing = False
@@ -423,17 +427,32 @@ class WsTransport(asyncio.Transport):
             return
         # The first write of this loop iteration leaves at once; the writes
         # that follow it in the same iteration are coalesced and sent at its end.
-        first = self._flush_handle is None
+        first = not self._wrote
         if self._engine.write(data, first=first):
             if first:
-                self._flush_handle = self._loop.call_soon(self._flush)
+                self._wrote = True
+                if self._flush_handle is None:
+                    self._flush_handle = self._loop.call_soon(self._flush)
             self._output()
+
+    def at_iteration_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once at the end of this loop iteration, from the same
+        handle that ends the iteration's writes (the link below uses it: one
+        callback per iteration, not two). One callback at a time: the last wins."""
+        self._iteration_end = callback
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._wrote = False
         if self._engine.pending_size:  # else the first write went alone: nothing to do
             self._engine.flush()
             self._output()
+        callback = self._iteration_end
+        if callback is not None:
+            self._iteration_end = None
+            callback()
 
     def flush(self) -> None:
         """Frame the writes coalesced in this loop iteration now.
@@ -447,6 +466,10 @@ class WsTransport(asyncio.Transport):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._wrote = False
+        callback, self._iteration_end = self._iteration_end, None
+        if callback is not None:
+            self._loop.call_soon(callback)  # asked for: it still runs
 
     def can_write_eof(self) -> bool:
         return True

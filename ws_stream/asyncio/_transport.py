@@ -147,7 +147,7 @@ class WsTransport(asyncio.Transport):
         self._buffered = False
         self._flush_handle: asyncio.Handle | None = None  # runs at the end of the iteration
         self._wrote = False  # a write was framed in this loop iteration
-        self._iteration_end: Callable[[], None] | None = None  # see at_iteration_end()
+        self._iteration_end: list[Callable[[], None]] = []  # see at_iteration_end()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._closing = False
@@ -436,10 +436,12 @@ class WsTransport(asyncio.Transport):
             self._output()
 
     def at_iteration_end(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once at the end of this loop iteration, from the same
-        handle that ends the iteration's writes (the link below uses it: one
-        callback per iteration, not two). One callback at a time: the last wins."""
-        self._iteration_end = callback
+        """Call ``callback`` once at the end of this loop iteration, after the
+        iteration's coalesced writes were framed, from the same handle: the layers
+        next to the stream (a message link below it, a mux session above it) end
+        their iteration with it, one callback for all. Asking twice in one
+        iteration calls twice; it still runs if the stream ends first."""
+        self._iteration_end.append(callback)
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -449,10 +451,10 @@ class WsTransport(asyncio.Transport):
         if self._engine.pending_size:  # else the first write went alone: nothing to do
             self._engine.flush()
             self._output()
-        callback = self._iteration_end
-        if callback is not None:
-            self._iteration_end = None
-            callback()
+        if self._iteration_end:
+            callbacks, self._iteration_end = self._iteration_end, []
+            for callback in callbacks:
+                callback()
 
     def flush(self) -> None:
         """Frame the writes coalesced in this loop iteration now.
@@ -467,8 +469,8 @@ class WsTransport(asyncio.Transport):
             self._flush_handle.cancel()
             self._flush_handle = None
         self._wrote = False
-        callback, self._iteration_end = self._iteration_end, None
-        if callback is not None:
+        callbacks, self._iteration_end = self._iteration_end, []
+        for callback in callbacks:
             self._loop.call_soon(callback)  # asked for: it still runs
 
     def can_write_eof(self) -> bool:

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ..asyncio._reader import ChunkedStreamReader
-from ..asyncio._transport import feed_buffered
+from ..asyncio._transport import WsTransport, feed_buffered
 from ..asyncio.stream import WsStream
 from ._machine import (
     DEFAULT_WINDOW,
@@ -328,6 +328,7 @@ class Session:
         #: Over a ws_stream WsStream, the session is its transport's protocol
         #: (see :class:`_Feed`): no reader task, no StreamReader in between.
         self._feed: _Feed | None = None
+        self._ws: WsTransport | None = None  # then, that WsStream's transport
         self._write_paused = False
         self._write_resumed: asyncio.Future[None] | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -339,6 +340,7 @@ class Session:
         if isinstance(stream, WsStream) and isinstance(self._reader, ChunkedStreamReader):
             transport = stream.transport
             self._feed = _Feed(self)
+            self._ws = transport if isinstance(transport, WsTransport) else None
             transport.set_protocol(self._feed)
             if early:
                 self._received(early)
@@ -447,7 +449,10 @@ class Session:
             return
         if not self._out_scheduled:
             self._out_scheduled = True
-            self._loop.call_soon(self._end_of_iteration)
+            if self._ws is not None:
+                self._ws.at_iteration_end(self._end_of_iteration)  # with its own flush
+            else:
+                self._loop.call_soon(self._end_of_iteration)
         if data and not self._data_out:
             self._data_out = True
             self._write_out()

@@ -7,6 +7,8 @@ The real front ends (uvicorn, hypercorn, aiohttp) run in tests/frontends/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -52,6 +54,44 @@ class HeldFrontEnd:
 
     def extra(self) -> dict[str, Any]:
         return {}
+
+
+async def fetching(
+    front: HeldFrontEnd, stream: WsStream, first: bytes, *, cancelled_before: bool = False
+) -> asyncio.Task[bytes]:
+    """A task that reads ``first`` (sent once it waits, so the link's task receives
+    it), then waits in a read that fetches the next message in its own task; returned
+    once that fetch runs. ``cancelled_before``: the task first catches a cancellation
+    of its own, without ``uncancel()`` (``cancelling()`` stays 1)."""
+
+    async def read_on() -> bytes:
+        if cancelled_before:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            assert task.cancelling() == 1
+        assert await stream.reader.readexactly(len(first)) == first
+        return await stream.reader.read(10)
+
+    reading = asyncio.create_task(read_on())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    front.incoming.put_nowait((BYTES, first))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert front.receivers[-1] is reading
+    return reading
+
+
+async def ends(reading: Awaitable[bytes]) -> None:
+    """The read ends within seconds: EOF, or the connection's error."""
+    try:
+        data = await asyncio.wait_for(reading, 5)
+    except ConnectionError:
+        return
+    assert data == b""
 
 
 async def test_a_waiting_send_is_finished_when_the_connection_is_lost_at_once() -> None:
@@ -129,26 +169,10 @@ async def test_a_waiting_read_ends_when_the_stream_is_aborted_on_a_silent_front_
     front end's receive is cancelled, not left running."""
     front = HeldFrontEnd()
     stream = WsStream._over_messages(front, _stream_options({}))
-
-    async def read_on() -> bytes:
-        assert await stream.reader.readexactly(1) == b"a"
-        return await stream.reader.read(10)  # waits in the front end's receive()
-
-    reading = asyncio.create_task(read_on())
-    for _ in range(5):
-        await asyncio.sleep(0)
-    front.incoming.put_nowait((BYTES, b"a"))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert front.receivers[-1] is reading
+    reading = await fetching(front, stream, b"a")
     stream.transport.abort()
     front.release.set()
-    try:
-        data = await asyncio.wait_for(reading, 5)
-    except ConnectionError:
-        pass
-    else:
-        assert data == b""
+    await ends(reading)
     assert front.receives_cancelled >= 1
 
 
@@ -170,18 +194,8 @@ async def test_a_read_cancelled_while_it_fetches_loses_nothing() -> None:
 
     # The message arrives in the very iteration the read is cancelled in: the
     # receive's future is already done when the cancellation reaches it.
-    async def read_on() -> bytes:
-        assert await stream.reader.readexactly(1) == b"c"
-        return await stream.reader.read(10)  # fetches: cancelled below
-
     for i in range(5):
-        reading = asyncio.create_task(read_on())
-        for _ in range(3):
-            await asyncio.sleep(0)
-        front.incoming.put_nowait((BYTES, b"c"))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert front.receivers[-1] is reading
+        reading = await fetching(front, stream, b"c")
         front.incoming.put_nowait((BYTES, b"%d" % i))
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -197,33 +211,9 @@ async def test_a_read_cancelled_long_ago_is_not_cancelled_again_by_an_abort() ->
     ends with the stream's end, not with a CancelledError nobody asked for."""
     front = HeldFrontEnd()
     stream = WsStream._over_messages(front, _stream_options({}))
-    caught = asyncio.Event()
-
-    async def read_on() -> bytes:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            caught.set()  # caught, not uncancel()ed: cancelling() stays 1
-        assert await stream.reader.readexactly(1) == b"a"
-        return await stream.reader.read(10)  # fetches: the abort ends it
-
-    reading = asyncio.create_task(read_on())
-    await asyncio.sleep(0)
-    reading.cancel()
-    await asyncio.wait_for(caught.wait(), 5)
-    for _ in range(3):
-        await asyncio.sleep(0)
-    front.incoming.put_nowait((BYTES, b"a"))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert front.receivers[-1] is reading
+    reading = await fetching(front, stream, b"a", cancelled_before=True)
     stream.transport.abort()
-    try:
-        data = await asyncio.wait_for(reading, 5)
-    except ConnectionError:
-        pass
-    else:
-        assert data == b""
+    await ends(reading)
 
 
 async def test_a_message_the_stream_cannot_take_fails_the_connection_in_the_reader_too() -> None:
@@ -232,19 +222,8 @@ async def test_a_message_the_stream_cannot_take_fails_the_connection_in_the_read
     it reaches the reader."""
     front = HeldFrontEnd()
     stream = WsStream._over_messages(front, _stream_options({}))
-
-    async def read_on() -> bytes:
-        assert await stream.reader.readexactly(1) == b"a"
-        return await stream.reader.read(10)  # fetches: gets the bad close
-
     async with asyncio.timeout(5):
-        reading = asyncio.create_task(read_on())
-        for _ in range(3):
-            await asyncio.sleep(0)
-        front.incoming.put_nowait((BYTES, b"a"))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert front.receivers[-1] is reading
+        reading = await fetching(front, stream, b"a")
         front.incoming.put_nowait((CLOSE, (1015, "bad")))
         front.incoming.put_nowait((BYTES, b"more"))
         with pytest.raises(ws_stream.AbnormalClosureError):

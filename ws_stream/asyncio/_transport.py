@@ -440,7 +440,11 @@ class WsTransport(asyncio.Transport):
         iteration's coalesced writes were framed, from the same handle: the layers
         next to the stream (a message link below it, a mux session above it) end
         their iteration with it, one callback for all. Asking twice in one
-        iteration calls twice; it still runs if the stream ends first."""
+        iteration calls twice; it still runs if the stream ends first (then on
+        its own: nothing is framed or written after the end)."""
+        if self._protocol_lost or self._tcp_gone:
+            self._loop.call_soon(callback)
+            return
         self._iteration_end.append(callback)
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)

@@ -30,7 +30,17 @@ from ws_stream.events import Closed
 from ..rawpeer import BINARY, CLOSE, PING, TEXT, RawPeer, RawServer, close_payload, connect_raw
 from .helpers import accepting_server, collect_events, stream_of, stream_server
 
-DATA = os.urandom(1000)
+
+# Random bytes with a known shape: no "\r", newlines only at three known places,
+# and a last byte that is not a newline (so what follows the last line is known).
+def _shaped_data() -> bytes:
+    data = bytearray(os.urandom(1000).translate(bytes.maketrans(b"\n\r", b"ab")))
+    for at in (99, 399, 749):
+        data[at] = ord("\n")
+    return bytes(data)
+
+
+DATA = _shaped_data()
 
 
 def _lost(peer: RawPeer) -> None:
@@ -61,14 +71,14 @@ async def _connect_to(
     return reader, writer, peer
 
 
-async def _send_data(peer: RawPeer, writer: asyncio.StreamWriter) -> None:
-    """1 000 bytes in ten binary frames; returns when our side has received them all."""
-    for i in range(0, len(DATA), 100):
-        peer.send(BINARY, DATA[i : i + 100])
+async def _send_data(peer: RawPeer, writer: asyncio.StreamWriter, data: bytes = DATA) -> None:
+    """``data`` in binary frames of 100 bytes; returns when our side has received it all."""
+    for i in range(0, len(data), 100):
+        peer.send(BINARY, data[i : i + 100])
     await peer.writer.drain()
     stream = stream_of(writer)
     async with asyncio.timeout(5):
-        while stream.bytes_received < len(DATA):
+        while stream.bytes_received < len(data):
             await asyncio.sleep(0.005)
 
 
@@ -111,25 +121,36 @@ async def test_readexactly_raises_the_error_and_keeps_the_bytes(ending: str) -> 
         peer.close_tcp()
 
 
+@pytest.mark.parametrize("tail", ["a partial line", "no partial line"])
 @pytest.mark.parametrize("ending", list(ENDINGS))
-async def test_readuntil_and_readline_raise_the_error_and_keep_the_bytes(ending: str) -> None:
+async def test_readuntil_and_readline_raise_the_error_and_keep_the_bytes(
+    ending: str, tail: str
+) -> None:
+    """readline() returns each whole line, then raises; read() returns the partial line.
+
+    With no partial line left, that read() raises the error too: nothing is buffered.
+    """
     end, error = ENDINGS[ending]
+    data = DATA if tail == "a partial line" else DATA[: DATA.rfind(b"\n") + 1]
+    lines = data.splitlines(keepends=True)
+    whole = [line for line in lines if line.endswith(b"\n")]
+    partial = b"".join(lines[len(whole) :])
+    assert len(whole) == 3 and bool(partial) == (tail == "a partial line")
     async with RawServer() as raw:
         reader, writer, peer = await _connect_to(raw)
         blocked = asyncio.create_task(reader.readuntil(b"\r\n\r\n\r\n"))
-        await _send_data(peer, writer)
+        await _send_data(peer, writer, data)
         end(peer)
         with pytest.raises(error):
             await asyncio.wait_for(blocked, 5)
-        # DATA is random: a readline() returns up to each newline, then the error.
-        got = b""
+        for line in whole:
+            assert await asyncio.wait_for(reader.readline(), 5) == line
         with pytest.raises(error):
-            while True:
-                line = await asyncio.wait_for(reader.readline(), 5)
-                assert line.endswith(b"\n")
-                got += line
-        assert got == DATA[: DATA.rfind(b"\n") + 1]
-        assert await asyncio.wait_for(reader.read(), 5) == DATA[len(got) :]
+            await asyncio.wait_for(reader.readline(), 5)
+        if partial:
+            assert await asyncio.wait_for(reader.read(), 5) == partial
+        with pytest.raises(error):
+            await asyncio.wait_for(reader.read(), 5)
         peer.close_tcp()
 
 

@@ -271,16 +271,20 @@ class Machine:
         if buffer:
             buffer += data
             view = memoryview(buffer)
-        else:
-            view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-        try:
-            offset = self._parse(view)
-            tail = view[offset:].tobytes() if self.failed is None else b""
-        finally:
-            view.release()
-        self._buffer = bytearray(tail)
+            try:
+                offset = self._parse(view)
+            finally:
+                view.release()
+            if self.failed is None:  # else the buffer was replaced
+                del buffer[:offset]
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        offset = self._parse(data)
+        if offset < len(data) and self.failed is None:
+            self._buffer = bytearray(memoryview(data)[offset:])
 
-    def _parse(self, view: memoryview) -> int:
+    def _parse(self, view: bytes | memoryview) -> int:
         """Handle the whole frames in ``view``; returns how many bytes they took."""
         offset = 0
         size = len(view)
@@ -298,7 +302,12 @@ class Machine:
                 if type_ == _DATA:
                     # Checked at the header, before its payload is buffered: no
                     # frame may hold more than the window it is sent against.
-                    limit = self._data_limit(flags, stream)
+                    if flags & _SYN:
+                        limit = DEFAULT_WINDOW  # a new stream: the initial window
+                    else:
+                        # A stream gone lately may get frames sent against the last window.
+                        state = self.streams.get(stream)
+                        limit = self.window if state is None else state.recv_window
                     if length > limit:
                         self._fail(
                             f"a {length}-byte data frame on stream {stream}, beyond its "
@@ -312,19 +321,12 @@ class Machine:
             _, flags, stream, length = frame
             if size - offset < length:
                 break
-            payload = view[offset : offset + length].tobytes()
+            chunk = view[offset : offset + length]
+            payload = chunk.tobytes() if isinstance(chunk, memoryview) else chunk
             offset += length
             self._frame = None
             self._data(flags, stream, payload)
         return offset
-
-    def _data_limit(self, flags: int, stream: int) -> int:
-        """The most payload a Data frame for ``stream`` may carry."""
-        if flags & _SYN:
-            return DEFAULT_WINDOW  # a new stream: the initial window
-        state = self.streams.get(stream)
-        # A stream gone lately may get frames sent against the last window.
-        return self.window if state is None else state.recv_window
 
     def _control(self, type_: int, flags: int, stream: int, length: int) -> None:
         if type_ == _WINDOW_UPDATE:
@@ -410,9 +412,11 @@ class Machine:
         self._flags(flags, stream, state)
 
     def _data(self, flags: int, stream: int, payload: bytes) -> None:
-        state = self._lookup(flags, stream)
+        state = None if flags & _SYN else self.streams.get(stream)
         if state is None:
-            return
+            state = self._lookup(flags, stream)
+            if state is None:
+                return
         if flags & _ACK and not state.acked:
             state.acked = True
             self._events.append(Acked(stream))
@@ -433,7 +437,8 @@ class Machine:
                 return
             state.recv_window -= len(payload)
             self._events.append(Data(stream, payload))
-        self._flags(flags, stream, state)
+        if flags & (_FIN | _RST):
+            self._flags(flags, stream, state)
 
     def _flags(self, flags: int, stream: int, state: _Stream) -> None:
         if flags & _RST:
@@ -532,14 +537,22 @@ class Machine:
             MuxError: the stream is closed for writing (FIN sent), reset, or
                 the session is over.
         """
-        self._check_open()
+        if self.failed is not None:
+            self._check_open()
         state = self.streams.get(stream)
         if state is None:
             raise MuxError(f"stream {stream} is reset or closed")
         if state.local_fin:
             raise MuxError(f"stream {stream} is closed for writing (write_eof or close was called)")
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-        count = min(len(view), state.send_window)
+        window = state.send_window
+        n = len(data)
+        if type(data) is bytes and 0 < n <= window and n <= MAX_FRAME:
+            # The usual case: one frame, the bytes as given (no view, no slice).
+            self._out += (HEADER.pack(_VERSION, _DATA, 0, stream, n), data)
+            state.send_window = window - n
+            return n
+        view = memoryview(data).cast("B")
+        count = len(view) if len(view) < window else window
         sent = 0
         out = self._out
         while sent < count:

@@ -153,6 +153,7 @@ class MuxTransport(asyncio.Transport):
             self._deliver(self._received.popleft())
         if self._eof_received and not self._received and not self._paused and not self._lost:
             self._deliver_eof()
+        self._session._output()  # the window the delivered bytes grant back
 
     # asyncio.WriteTransport
 
@@ -163,13 +164,15 @@ class MuxTransport(asyncio.Transport):
             return  # as asyncio's transports: the loss is reported once, to the protocol
         if not data:
             return
-        view = memoryview(bytes(data)) if not isinstance(data, bytes) else memoryview(data)
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer
         session = self._session
+        sent = 0
         if not self._pending and session._can_write():
-            sent = session._send(self.stream, view)
-            if sent == len(view):
+            sent = session._send(self.stream, data)
+            if sent == len(data):
                 return
-            view = view[sent:]
+        view = memoryview(data)[sent:]
         self._pending.append(view)
         self._pending_size += len(view)
         session._ready(self)
@@ -444,8 +447,16 @@ class Session:
         """Write the machine's frames at the end of this loop iteration, all at once
         (window updates, ACKs and data of one iteration travel together); but
         the first stream data of an iteration leaves at once, with whatever was
-        waiting (no added latency: the rule of every ws_stream transport)."""
+        waiting (no added latency: the rule of every ws_stream transport).
+
+        Over a WsStream, stream data goes to its transport at once: that
+        transport applies the same rule (it frames the first write of an
+        iteration at once and holds the later ones for the iteration's end).
+        """
         if not self.machine.has_output:
+            return
+        if data and self._ws is not None:
+            self._write_out()
             return
         if not self._out_scheduled:
             self._out_scheduled = True
@@ -460,11 +471,18 @@ class Session:
     def _end_of_iteration(self) -> None:
         self._out_scheduled = False
         self._data_out = False
-        self._write_out()
+        if self.machine.has_output:
+            self._write_out()
 
     def _write_out(self) -> None:
         frames = self.machine.data_to_send()
-        if frames and not self._writer.is_closing():
+        if not frames:
+            return
+        ws = self._ws
+        if ws is not None:  # the writer's own transport, without the StreamWriter
+            if not ws.is_closing():
+                ws.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        elif not self._writer.is_closing():
             self._writer.writelines(frames)
 
     def _can_write(self) -> bool:
@@ -503,12 +521,15 @@ class Session:
 
     # The streams' calls
 
-    def _send(self, stream: int, data: memoryview) -> int:
+    def _send(self, stream: int, data: bytes | memoryview) -> int:
         try:
             sent = self.machine.send(stream, data)
         except MuxError:
             return len(data)  # the stream is gone: its loss is reported to its protocol
-        self._output(data=True)
+        if self._ws is not None:
+            self._write_out()  # see _output
+        else:
+            self._output(data=True)
         return sent
 
     def _ready(self, transport: MuxTransport) -> None:
@@ -516,8 +537,9 @@ class Session:
         self._wake.set()
 
     def _consumed(self, stream: int, count: int) -> None:
+        """A stream's protocol took ``count`` bytes; the window update it may
+        grant leaves with the caller's :meth:`_output`."""
         self.machine.consumed(stream, count)
-        self._output()
 
     def _close_stream(self, stream: int) -> None:
         self.machine.close_stream(stream)

@@ -246,6 +246,7 @@ class Engine:
         "read_error",
         "sent",
         "stats",
+        "writes_framed",
     )
 
     def __init__(
@@ -279,6 +280,10 @@ class Engine:
         # A message front end (ASGI, aiohttp) sends data messages itself: data
         # is not framed (see receive_message, send).
         self._send_message = send_message
+        #: Whether a write can leave frames in :meth:`data_to_send` (False for a
+        #: message front end: its messages never go through websockets, so the
+        #: shell need not collect output after a write).
+        self.writes_framed = send_message is None
         self._whole = False  # websockets discards what comes: no more cuts
         # The reader's ending.
         self.eof = False
@@ -413,15 +418,21 @@ class Engine:
             protocol.receive_data(data[start:] if start else data)
             self._after(protocol.events_received(), now, was_open)
 
-    def receive_message(self, data: bytes, now: float) -> None:
+    def receive_message(self, data: bytes, now: float) -> bool:
         """A whole binary message from a message front end (ASGI, aiohttp): decided as a
-        binary frame, without framing it (data frames change nothing in websockets)."""
+        binary frame, without framing it (data frames change nothing in websockets).
+
+        Returns whether the shell must collect output (:meth:`data_to_send`,
+        :attr:`deadline`): False when the message was only delivered.
+        """
         if self.lost or self.protocol.state is CLOSED or self._whole:
-            return  # after a close frame or a failure: discarded (RFC 6455)
+            return False  # after a close frame or a failure: discarded (RFC 6455)
         stats = self.stats
         stats.frames_received += 1
         stats.last_frame_at = now
-        self._apply(self.policy.receive_frame(_BINARY, data, True))
+        step = self.policy.receive_frame(_BINARY, data, True)
+        self._apply(step)
+        return step.failure is not None or step.eof
 
     def receive_eof(self) -> None:
         """The peer closed its side of TCP: no more bytes will come.

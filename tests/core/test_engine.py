@@ -445,6 +445,26 @@ def test_large_writes_are_cut_at_max_frame_size() -> None:
     assert b"".join(f.data for f in frames) == payload(0, 250) + b"x" * 60 + b"y" * 60 + b"z" * 60
 
 
+def test_a_message_engine_leaves_nothing_to_collect_after_a_write_or_a_delivery() -> None:
+    """A message front end's engine: data messages go to its sink, never through
+    websockets, so the shell may skip data_to_send() after a write or a delivered
+    message; it must collect after a close."""
+    sent: list[bytes] = []
+    engine, peer = make("server", max_frame_size=4, send_message=sent.append)
+    assert engine.writes_framed is False and make()[0].writes_framed is True
+    assert engine.write(b"first", first=True) and engine.write(b"ab", first=False)
+    engine.flush()
+    assert sent == [b"firs", b"t", b"ab"]
+    assert engine.data_to_send() == [] and engine.deadline == math.inf
+    assert engine.receive_message(b"in", now=1.0) is False
+    assert drain(engine) == b"in" and engine.data_to_send() == []
+    engine.close(1000, "bye", now=2.0)
+    assert closes(peer.read(engine)) == [Close(1000, "bye")]
+    assert engine.deadline < math.inf
+    assert engine.receive_message(b"late", now=2.1) is False  # read until the peer's close
+    assert drain(engine) == b"late" and engine.data_to_send() == []
+
+
 # Keepalive
 
 

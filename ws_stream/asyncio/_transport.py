@@ -228,8 +228,8 @@ class WsTransport(asyncio.Transport):
 
     def _message_received(self, data: bytes) -> None:
         """A whole binary message from a message front end (no framing)."""
-        self._engine.receive_message(data, self._loop.time())
-        self._output()
+        if self._engine.receive_message(data, self._loop.time()):
+            self._output()
 
     def _front_end_violation(self, code: int, reason: str) -> None:
         """A message front end failed the connection with ``code`` (see Engine.violation)."""
@@ -428,12 +428,14 @@ class WsTransport(asyncio.Transport):
         # The first write of this loop iteration leaves at once; the writes
         # that follow it in the same iteration are coalesced and sent at its end.
         first = not self._wrote
-        if self._engine.write(data, first=first):
+        engine = self._engine
+        if engine.write(data, first=first):
             if first:
                 self._wrote = True
                 if self._flush_handle is None:
                     self._flush_handle = self._loop.call_soon(self._flush)
-            self._output()
+            if engine.writes_framed:
+                self._output()
 
     def at_iteration_end(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once at the end of this loop iteration, after the

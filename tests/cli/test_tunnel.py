@@ -18,7 +18,7 @@ import pytest
 import ws_stream
 from ws_stream.events import Closed, CloseReceived
 
-from ..ports import free_port, refused_port
+from ..ports import refused_port, reserved_port
 from .helpers import Cli, run, start_tcp_echo
 
 Start = Callable[..., Cli]
@@ -244,7 +244,7 @@ def test_sigterm_closes_forward_tunnels_with_1001_and_exits_0(cli: Start) -> Non
 
 def test_forward_reconnect_waits_for_a_server_that_comes_up_late(cli: Start) -> None:
     """--reconnect: the client's WebSocket is retried with the preset's backoff."""
-    port = free_port()
+    port = reserved_port()
     forward = cli(
         "forward",
         "--listen",

@@ -25,7 +25,7 @@ from websockets.typing import Subprotocol
 
 from tests.cli.conftest import cli
 from tests.cli.helpers import Cli, run, start_tcp_echo
-from tests.ports import free_port
+from tests.ports import free_port, reserved_port
 
 # The `cli` fixture of tests/cli (every ws-stream subprocess killed at the end).
 __all__ = ["cli"]
@@ -140,7 +140,7 @@ def test_reconnect_fast_opens_a_new_session_after_the_server_died(cli: Start) ->
 
 
 def test_unreachable_target_resets_the_stream_not_the_session(cli: Start) -> None:
-    target_port = free_port()  # refused first, then the test listens on it
+    target_port = reserved_port()  # refused first, then the test listens on it
 
     async def main() -> None:
         serve, uri = serve_mux(cli, "--to", f"127.0.0.1:{target_port}")
@@ -194,7 +194,7 @@ def test_forward_mux_to_a_server_without_mux_says_serve_mux(cli: Start) -> None:
 
 
 def test_reverse_tunnel_end_to_end(cli: Start) -> None:
-    remote = free_port()
+    remote = reserved_port()
     size = 1024 * 1024
 
     async def main() -> None:
@@ -228,9 +228,7 @@ def test_reverse_tunnel_end_to_end(cli: Start) -> None:
     "case", ["outside the range", "another IP", "no --allow-reverse", "no --mux"]
 )
 def test_reverse_tunnel_refused(cli: Start, case: str) -> None:
-    allowed, other = free_port(), free_port()
-    while other == allowed:
-        other = free_port()
+    allowed, other = reserved_port(), reserved_port()
     host, port = "127.0.0.1", allowed
     serve_args = ["--mux", "--allow-reverse", f"127.0.0.1:{allowed}-{allowed}"]
     status, reason = 403, "is not allowed"
@@ -255,7 +253,7 @@ def test_reverse_tunnel_refused(cli: Start, case: str) -> None:
 
 
 def test_reverse_tunnel_to_a_name_is_refused(cli: Start) -> None:
-    port = free_port()
+    port = reserved_port()
     serve, uri = serve_mux(cli, "--allow-reverse", f"127.0.0.1:{port}")
     # forward takes an IP address only ...
     forward = cli("forward", "--reverse", f"localhost:{port}:127.0.0.1:{free_port()}", uri)
@@ -281,7 +279,7 @@ def test_reverse_tunnel_to_a_name_is_refused(cli: Start) -> None:
 
 
 def test_reverse_tunnel_needs_the_bearer_token(cli: Start, tmp_path: Path) -> None:
-    remote = free_port()
+    remote = reserved_port()
     token = "s3cret-reverse-token"
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{token} alice\n")

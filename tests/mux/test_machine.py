@@ -822,7 +822,8 @@ def test_streams_we_open_are_not_in_the_backlog() -> None:
 
 
 def _run(wire: bytes, cuts: list[int]) -> tuple[list[tuple[object, ...]], bytes, bool]:
-    """Feed ``wire`` cut at ``cuts`` to a server: its events, its output, failed or not."""
+    """Feed ``wire`` cut at ``cuts`` to a server: its events (the pieces of one frame's
+    payload joined), its output, failed or not."""
     m = server()
     events: list[Event] = []
     out = b""
@@ -832,7 +833,14 @@ def _run(wire: bytes, cuts: list[int]) -> tuple[list[tuple[object, ...]], bytes,
         start = cut
         events += m.events()
         out += b"".join(bytes(chunk) for chunk in m.data_to_send())
-    return ev(events), out, m.failed is not None
+    joined: list[Event] = []
+    for event in events:
+        if isinstance(event, Data) and joined and isinstance(joined[-1], Data):
+            if joined[-1].stream == event.stream:
+                joined[-1] = Data(event.stream, joined[-1].data + event.data)
+                continue
+        joined.append(event)
+    return ev(joined), out, m.failed is not None
 
 
 CONVERSATION = b"".join(
@@ -887,6 +895,25 @@ def test_conversation_split_at_every_offset() -> None:
     for offset in range(len(CONVERSATION) + 1):
         assert _run(CONVERSATION, [offset]) == whole, offset
     assert _run(CONVERSATION, list(range(len(CONVERSATION)))) == whole
+
+
+def test_a_payload_cut_across_reads_is_handed_on_piece_by_piece() -> None:
+    """Nothing waits for the rest of a frame: each read's part of the payload is a
+    Data event at once (so the machine keeps no payload, only a header cut short);
+    the frame's FIN comes after its last piece, and the window counts the frame once."""
+    m = server()
+    wire = data(1, b"0123456789", SYN | FIN)
+    assert ev(feed(m, wire[:5])) == []
+    assert ev(feed(m, wire[5:15])) == ev([Opened(1), Data(1, b"012")])
+    assert m.streams[1].recv_window == m.window - 10
+    assert ev(feed(m, wire[15:16])) == ev([Data(1, b"3")])
+    assert ev(feed(m, wire[16:])) == ev([Data(1, b"456789"), Eof(1)])
+    # A stream this side resets while a payload is coming gets no more of it.
+    wire = data(3, b"abcdef", SYN)
+    assert ev(feed(m, wire[:14])) == ev([Opened(3), Data(3, b"ab")])
+    m.reset_stream(3)
+    after = data(5, b"next", SYN)  # and the frame behind it is parsed as usual
+    assert ev(feed(m, wire[14:] + after)) == ev([Reset(3, False), Opened(5), Data(5, b"next")])
 
 
 @st.composite

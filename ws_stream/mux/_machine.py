@@ -219,6 +219,18 @@ class _Stream:
         self.discard = False  # the application closed it: data now resets it
 
 
+class _Payload:
+    """The payload of a Data frame still to come (delivered piece by piece)."""
+
+    __slots__ = ("flags", "left", "state", "stream")
+
+    def __init__(self, flags: int, stream: int, left: int, state: _Stream | None) -> None:
+        self.flags = flags
+        self.stream = stream
+        self.left = left  # payload bytes not received yet
+        self.state = state  # None: the payload is skipped (a stream gone or refused)
+
+
 class Machine:
     """One yamux session's protocol state (see the module docstring).
 
@@ -251,7 +263,7 @@ class Machine:
         self._out: list[bytes | memoryview] = []
         self._events: list[Event] = []
         self._buffer = bytearray()
-        self._frame: tuple[int, int, int, int] | None = None  # a Data header awaiting payload
+        self._frame: _Payload | None = None  # a Data frame whose payload is still coming
         self._ping_id = 0
         self.local_go_away = False
         self.remote_go_away = False
@@ -262,30 +274,40 @@ class Machine:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes from the peer; then read :meth:`events` and :meth:`data_to_send`.
 
-        Frames are parsed from ``data`` itself; only an incomplete frame at
-        its end is kept (at most a header and one window's payload).
+        Frames are parsed from ``data`` itself. A Data frame's payload is
+        handed on as it arrives (one :class:`Data` event per piece: a frame cut
+        across reads gives several); only the start of a header cut short is
+        kept (less than 12 bytes).
         """
         if self.failed is not None:
             return
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            view = memoryview(buffer)
-            try:
-                offset = self._parse(view)
-            finally:
-                view.release()
-            if self.failed is None:  # else the buffer was replaced
-                del buffer[:offset]
-            return
         if type(data) is not bytes:
             data = bytes(data)
+        buffer = self._buffer
+        if buffer:  # the start of a header: complete it, then go on in data
+            need = HEADER.size - len(buffer)
+            buffer += data[:need]
+            if len(buffer) < HEADER.size:
+                return
+            self._buffer = bytearray()
+            self._parse(bytes(buffer))
+            if self.failed is not None or len(data) <= need:
+                return
+            view = memoryview(data)[need:]
+            try:
+                offset = self._parse(view)
+                if offset < len(view) and self.failed is None:
+                    self._buffer = bytearray(view[offset:])
+            finally:
+                view.release()
+            return
         offset = self._parse(data)
         if offset < len(data) and self.failed is None:
             self._buffer = bytearray(memoryview(data)[offset:])
 
     def _parse(self, view: bytes | memoryview) -> int:
-        """Handle the whole frames in ``view``; returns how many bytes they took."""
+        """Handle the frames in ``view``, payloads piece by piece; returns how many
+        bytes were taken (all but the start of a header cut short)."""
         offset = 0
         size = len(view)
         unpack = HEADER.unpack_from
@@ -300,32 +322,51 @@ class Machine:
                     self._fail(f"unsupported yamux version {version}")
                     break
                 if type_ == _DATA:
-                    # Checked at the header, before its payload is buffered: no
-                    # frame may hold more than the window it is sent against.
+                    # Checked at the header, before any payload: no frame may
+                    # hold more than the window it is sent against.
                     if flags & _SYN:
                         limit = DEFAULT_WINDOW  # a new stream: the initial window
                     else:
                         # A stream gone lately may get frames sent against the last window.
-                        state = self.streams.get(stream)
-                        limit = self.window if state is None else state.recv_window
+                        known = self.streams.get(stream)
+                        limit = self.window if known is None else known.recv_window
                     if length > limit:
                         self._fail(
                             f"a {length}-byte data frame on stream {stream}, beyond its "
                             f"receive window ({limit} bytes)"
                         )
                         break
-                    self._frame = (type_, flags, stream, length)
+                    state = self._data_header(flags, stream, length)
+                    if length:
+                        self._frame = _Payload(flags, stream, length, state)
+                    elif state is not None and flags & (_FIN | _RST):
+                        self._flags(flags, stream, state)
                     continue
                 self._control(type_, flags, stream, length)
                 continue
-            _, flags, stream, length = frame
-            if size - offset < length:
+            if offset >= size:
                 break
-            chunk = view[offset : offset + length]
-            payload = chunk.tobytes() if isinstance(chunk, memoryview) else chunk
-            offset += length
+            left = frame.left
+            take = left if left <= size - offset else size - offset
+            state = frame.state
+            if state is not None:
+                if self.streams.get(frame.stream) is not state:
+                    state = frame.state = None  # reset by this side meanwhile
+                elif state.discard:
+                    # The application stopped reading meanwhile: as below.
+                    self.reset_stream(frame.stream)
+                    state = frame.state = None
+                else:
+                    chunk = view[offset : offset + take]
+                    payload = chunk.tobytes() if isinstance(chunk, memoryview) else chunk
+                    self._events.append(Data(frame.stream, payload))
+            offset += take
+            if take < left:
+                frame.left = left - take
+                break
             self._frame = None
-            self._data(flags, stream, payload)
+            if state is not None and frame.flags & (_FIN | _RST):
+                self._flags(frame.flags, frame.stream, state)
         return offset
 
     def _control(self, type_: int, flags: int, stream: int, length: int) -> None:
@@ -411,34 +452,33 @@ class Machine:
                 self._events.append(Writable(stream))
         self._flags(flags, stream, state)
 
-    def _data(self, flags: int, stream: int, payload: bytes) -> None:
+    def _data_header(self, flags: int, stream: int, length: int) -> _Stream | None:
+        """A Data frame's header: the stream its payload goes to (None: skip it)."""
         state = None if flags & _SYN else self.streams.get(stream)
         if state is None:
             state = self._lookup(flags, stream)
             if state is None:
-                return
+                return None
         if flags & _ACK and not state.acked:
             state.acked = True
             self._events.append(Acked(stream))
-        if payload:
+        if length:
             if state.remote_fin:
                 self._fail(f"data on stream {stream} after the peer's FIN")
-                return
-            if len(payload) > state.recv_window:
+                return None
+            if length > state.recv_window:
                 self._fail(
-                    f"{len(payload)} bytes on stream {stream}, beyond its receive window "
+                    f"{length} bytes on stream {stream}, beyond its receive window "
                     f"({state.recv_window} bytes)"
                 )
-                return
+                return None
             if state.discard:
                 # As TCP after close(): bytes nobody will read reset the stream,
                 # so the peer's writer learns it instead of sending forever.
                 self.reset_stream(stream)
-                return
-            state.recv_window -= len(payload)
-            self._events.append(Data(stream, payload))
-        if flags & (_FIN | _RST):
-            self._flags(flags, stream, state)
+                return None
+            state.recv_window -= length
+        return state
 
     def _flags(self, flags: int, stream: int, state: _Stream) -> None:
         if flags & _RST:

@@ -23,6 +23,10 @@ neither side's Python code slows the other's, in both variants alike.
    (open, write 1 byte, read the echoed byte); the stream or WebSocket is then
    closed, untimed, before the next open. ``--opens`` sequential opens per
    round, median. Target: the stream is >= 10x faster ((b)/(a)).
+   Its floor is measured in the same rounds: (c) a 1-byte echo on a plain
+   WebSocket already open to the same server (a ``WsStream``, same scheme). A
+   stream's open and first byte back cross the WebSocket under the session at
+   least once, so (b)/(c) is the best ratio any stream could reach here.
 
 3. Round trip: ``--pings`` sequential 64-byte echoes (after ``--pings`` // 10
    unmeasured) on (a) a mux stream, (b) a plain ``WsStream``, both on ws://,
@@ -359,8 +363,26 @@ async def open_once(client: Client, variant: str, scheme: str) -> float:
 
 
 async def opens(client: Client, variant: str, scheme: str, count: int) -> dict[str, float]:
+    if variant == "echo":
+        return await echoes(client, scheme, count)
     async with asyncio.timeout(600):
         samples = [await open_once(client, variant, scheme) for _ in range(count)]
+    return {"p50": statistics.median(samples), "p90": quantile90(samples)}
+
+
+async def echoes(client: Client, scheme: str, count: int) -> dict[str, float]:
+    """The floor of an open: ``count`` 1-byte echoes on one plain WebSocket, open already."""
+    stream = await client.connect(scheme, "/echo")
+    samples = []
+    try:
+        async with asyncio.timeout(600):
+            for _ in range(count):
+                started = time.perf_counter()
+                stream.writer.write(b"x")
+                await stream.reader.readexactly(1)
+                samples.append(time.perf_counter() - started)
+    finally:
+        await stream.close()
     return {"p50": statistics.median(samples), "p90": quantile90(samples)}
 
 
@@ -368,12 +390,12 @@ def quantile90(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else samples[0]
 
 
-OPEN_ITEMS = tuple((v, s) for s in SCHEMES for v in ("stream", "websocket"))
+OPEN_ITEMS = tuple((v, s) for s in SCHEMES for v in ("stream", "websocket", "echo"))
 
 
 async def measure_opens(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
-        s: {"stream": [], "websocket": []} for s in SCHEMES
+        s: {"stream": [], "websocket": [], "echo": []} for s in SCHEMES
     }
     for v, s in OPEN_ITEMS:  # warm-up
         await opens(client, v, s, min(args.opens, 20))
@@ -517,6 +539,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 w["p50"] / s["p50"] for s, w in zip(runs["stream"], runs["websocket"], strict=True)
             ],
             "target_met": ratio >= OPEN_TARGET,
+            # The best (b)/(a) any stream could reach: (a) crosses the WebSocket at least once.
+            "ceiling": p50["websocket"] / p50["echo"],
         }
     runs = report["rtt"]
     p50 = {v: statistics.median(run["p50"] for run in runs[v]) for v in runs}
@@ -580,6 +604,13 @@ def print_table(report: dict[str, Any]) -> None:
             f"open session, (b) a new WebSocket | {_us(o['p50_us']['stream'])} | "
             f"{_us(o['p50_us']['websocket'])} | {_ratio(o['ratio'], o['round_ratios'])} | "
             f"(b)/(a) >= {OPEN_TARGET:g}x | {_yes(o['target_met'])} |"
+        )
+    for scheme in SCHEMES:
+        o = summary[f"open_{scheme}"]
+        print(
+            f"| floor of (a), {scheme}://: (c) a 1-byte echo on an open plain WebSocket, p50 of "
+            f"{settings['opens']} | {_us(o['p50_us']['echo'])} | - | best (b)/(a) possible: "
+            f"(b)/(c) = {o['ceiling']:.2f}x | - | - |"
         )
     r = summary["rtt"]
     print(

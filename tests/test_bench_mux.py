@@ -2,9 +2,10 @@
 
 It asserts nothing about speed: only that each comparison (16 uploads over one
 mux session against 16 WebSockets, with the CPU rows; opening a stream against
-opening a WebSocket on ws:// and wss://; the 64-byte round trip on a mux stream
-against a plain WsStream) was measured, printed with positive numbers and a
-ratio that matches them, says whether its target is met, and is in the JSON.
+opening a WebSocket on ws:// and wss://, with its floor, an echo on an open
+WebSocket; the 64-byte round trip on a mux stream against a plain WsStream) was
+measured, printed with positive numbers and a ratio that matches them, says
+whether its target is met, and is in the JSON.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def test_tiny_run_prints_every_row(tmp_path: Path) -> None:
         s = summary[f"open_{scheme}"]
         assert s["target_met"] == (s["ratio"] >= 10)
         assert cells[4] == ("yes" if s["target_met"] else "**no**")
+        # Its floor: a 1-byte echo on an open plain WebSocket, and the best ratio it allows.
+        cells = row(table, f"floor of (a), {scheme}://: (c) a 1-byte echo on an open plain")
+        echo = positive(cells[0], rf"({NUMBER}) us")
+        assert cells[1] == "-" and cells[3:] == ["-", "-"], cells
+        best = positive(cells[2], rf"best \(b\)/\(a\) possible: \(b\)/\(c\) = ({NUMBER})x")
+        assert best == pytest.approx(websocket / echo, rel=0.05, abs=0.02)
+        assert s["ceiling"] == pytest.approx(websocket / echo, rel=0.05, abs=0.02)
 
     # 3. The round trip on a mux stream against a plain WsStream.
     cells = row(table, "64 B echo RTT p50 (20 pings)")
@@ -99,7 +107,7 @@ def test_tiny_run_prints_every_row(tmp_path: Path) -> None:
 
     # The JSON: every round of every variant, with positive numbers.
     assert [len(runs) for runs in report["throughput"].values()] == [2, 2]
-    assert [len(runs) for s in ("ws", "wss") for runs in report["opens"][s].values()] == [2] * 4
+    assert [len(runs) for s in ("ws", "wss") for runs in report["opens"][s].values()] == [2] * 6
     assert [len(runs) for runs in report["rtt"].values()] == [2, 2]
     for runs in report["throughput"].values():
         for run in runs:

@@ -835,10 +835,10 @@ def _run(wire: bytes, cuts: list[int]) -> tuple[list[tuple[object, ...]], bytes,
         out += b"".join(bytes(chunk) for chunk in m.data_to_send())
     joined: list[Event] = []
     for event in events:
-        if isinstance(event, Data) and joined and isinstance(joined[-1], Data):
-            if joined[-1].stream == event.stream:
-                joined[-1] = Data(event.stream, joined[-1].data + event.data)
-                continue
+        last = joined[-1] if joined else None
+        if isinstance(event, Data) and isinstance(last, Data) and last.stream == event.stream:
+            joined[-1] = Data(event.stream, last.data + event.data)
+            continue
         joined.append(event)
     return ev(joined), out, m.failed is not None
 

@@ -73,8 +73,10 @@ async def mux_pair(
     server_options: dict[str, Any] | None = None,
     client_options: dict[str, Any] | None = None,
     on_stream: OnStream | None = None,
+    tls: bool = False,
 ) -> AsyncIterator[Pair]:
-    """A client session and the server session it talks to, over a real WebSocket."""
+    """A client session and the server session it talks to, over a real WebSocket
+    (wss:// with ``tls``)."""
     loop = asyncio.get_running_loop()
     opened: asyncio.Future[Session] = loop.create_future()
 
@@ -85,12 +87,16 @@ async def mux_pair(
         opened.set_result(session)
         await session.wait_closed()
 
-    server = await ws_stream.start_server(handler, "127.0.0.1", 0, ping_interval=None)
+    server_ctx, client_ctx = tls_contexts() if tls else (None, None)
+    server = await ws_stream.start_server(
+        handler, "127.0.0.1", 0, ping_interval=None, ssl=server_ctx
+    )
     client: Session | None = None
     try:
         port = server.sockets[0].getsockname()[1]
         async with asyncio.timeout(10):
-            stream = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/", ping_interval=None)
+            uri = f"wss://localhost:{port}/" if tls else f"ws://127.0.0.1:{port}/"
+            stream = await ws_stream.connect_stream(uri, ping_interval=None, ssl=client_ctx)
             client = await mux.open_session(
                 stream.reader, stream.writer, client=True, **(client_options or {})
             )
@@ -201,8 +207,12 @@ async def test_64_streams_opened_by_each_side_both_directions_at_once() -> None:
         await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
 
 
-async def test_half_close_the_other_side_reads_eof_after_all_bytes_and_writes_back() -> None:
-    async with mux_pair() as pair, asyncio.timeout(30):
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_half_close_the_other_side_reads_eof_after_all_bytes_and_writes_back(
+    scheme: str,
+) -> None:
+    """Over wss:// too: a stream is not a TLS transport (asyncio closes a TLS one at EOF)."""
+    async with mux_pair(tls=scheme == "wss") as pair, asyncio.timeout(30):
         for opener, acceptor in ((pair.client, pair.server), (pair.server, pair.client)):
             reader, writer = await opener.open_stream()
             request, reply = payload(5, 3 * MiB), payload(7 * MiB, 2 * MiB + 3)
@@ -219,13 +229,15 @@ async def test_half_close_the_other_side_reads_eof_after_all_bytes_and_writes_ba
                 send_all(peer_writer, reply, random.Random(2)), digest_to_eof(reader)
             )
             assert got == digest(reply)
-            # As over TCP, a stream ended both ways stays open until close().
+            # As over TCP, a stream ended both ways stays open until close(); then
+            # it is gone at once: both FINs crossed already (the close timeout is 10 s).
             assert not writer.is_closing() and not peer_writer.is_closing()
             await writer.drain()
             writer.close()
             peer_writer.close()
-            await writer.wait_closed()
-            await peer_writer.wait_closed()
+            async with asyncio.timeout(5):
+                await writer.wait_closed()
+                await peer_writer.wait_closed()
         await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
 
 
@@ -385,6 +397,37 @@ async def test_start_tls_inside_one_stream_while_others_carry_data() -> None:
             for i in range(4, 8):
                 group.create_task(plain(i))
         await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
+
+
+@pytest.mark.default_loop_only  # uvloop's start_tls() takes uvloop's transports only
+async def test_a_session_over_tls_inside_the_websocket_runs_over_the_tls() -> None:
+    """TLS first (inside the WebSocket), then the session on the TLS reader and writer:
+    the session's frames go through TLS both ways, never around it."""
+    server_ctx, client_ctx = tls_contexts()
+    data = payload(3 * MiB, MiB + 7)
+    served: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await writer.start_tls(server_ctx)
+        assert writer.get_extra_info("ssl_object") is not None
+        async with await mux.open_session(reader, writer, client=False) as session:
+            stream_reader, stream_writer = await session.accept()
+            served.set_result(await digest_to_eof(stream_reader))
+            stream_writer.write(b"thanks")
+            stream_writer.write_eof()
+            await session.wait_closed()
+
+    server = await ws_stream.start_server(handler, "127.0.0.1", 0, ping_interval=None)
+    async with server, asyncio.timeout(30):
+        port = server.sockets[0].getsockname()[1]
+        stream = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/", ping_interval=None)
+        await stream.writer.start_tls(client_ctx, server_hostname="localhost")
+        async with await mux.open_session(stream.reader, stream.writer, client=True) as session:
+            reader, writer = await session.open_stream()
+            await send_all(writer, data, random.Random(1))
+            assert await served == digest(data)
+            assert await reader.read() == b"thanks"
+        await stream.close()
 
 
 # Head-of-line blocking

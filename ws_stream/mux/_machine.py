@@ -337,6 +337,8 @@ class Machine:
                         )
                         break
                     state = self._data_header(flags, stream, length)
+                    if self.failed is not None:
+                        break
                     if length:
                         self._frame = _Payload(flags, stream, length, state)
                     elif state is not None and flags & (_FIN | _RST):

@@ -60,6 +60,8 @@ _READ_SIZE: Final = 256 * 1024
 _WRITE_HIGH: Final = 256 * 1024
 #: What one stream sends per turn of the flusher: fairness between streams.
 _QUANTUM: Final = 64 * 1024
+#: get_extra_info() names of a TLS transport (asyncio's): not a stream's.
+_TLS_INFO: Final = frozenset({"sslcontext", "ssl_object", "peercert", "cipher", "compression"})
 #: Longest wait for the peer's FIN after a stream's close(); then RST.
 _CLOSE_TIMEOUT: Final = 10.0
 
@@ -103,10 +105,17 @@ class MuxTransport(asyncio.Transport):
     # asyncio.BaseTransport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``mux_stream`` (the id), ``mux_session``; the rest from the byte stream
+        under the session (``peername``, ``ws_stream``...), except TLS details:
+        a stream is not itself a TLS transport (asyncio's ``StreamReaderProtocol``
+        would close it at the peer's FIN), so a TLS connection under the session
+        is the session writer's to tell."""
         if name == "mux_stream":
             return self.stream
         if name == "mux_session":
             return self._session
+        if name in _TLS_INFO:
+            return default
         return self._session._writer.get_extra_info(name, default)
 
     def is_closing(self) -> bool:
@@ -120,6 +129,7 @@ class MuxTransport(asyncio.Transport):
         self._received.clear()
         self._session.machine.stop_reading(self.stream)  # later bytes reset it
         self.write_eof()
+        self._maybe_done()  # both FINs crossed already: gone now
         if not self._lost:
             self._close_timer = self._session._loop.call_later(_CLOSE_TIMEOUT, self.abort)
 
@@ -340,7 +350,13 @@ class Session:
     def _start(self, early: bytes) -> None:
         """Start reading: ``early`` is what the stream's reader held already."""
         stream = self._writer.get_extra_info("ws_stream")
-        if isinstance(stream, WsStream) and isinstance(self._reader, ChunkedStreamReader):
+        if (
+            isinstance(stream, WsStream)
+            and isinstance(self._reader, ChunkedStreamReader)
+            # The stream's own transport, not a layer on it (TLS after start_tls()
+            # answers get_extra_info("ws_stream") too): the session must go through it.
+            and self._writer.transport is stream.transport
+        ):
             transport = stream.transport
             self._feed = _Feed(self)
             self._ws = transport if isinstance(transport, WsTransport) else None
@@ -449,14 +465,12 @@ class Session:
         the first stream data of an iteration leaves at once, with whatever was
         waiting (no added latency: the rule of every ws_stream transport).
 
-        Over a WsStream, stream data goes to its transport at once: that
-        transport applies the same rule (it frames the first write of an
-        iteration at once and holds the later ones for the iteration's end).
+        Over a WsStream, :meth:`_send` writes stream data to its transport at
+        once instead: that transport applies the same rule (it frames the first
+        write of an iteration at once and holds the later ones for the
+        iteration's end).
         """
         if not self.machine.has_output:
-            return
-        if data and self._ws is not None:
-            self._write_out()
             return
         if not self._out_scheduled:
             self._out_scheduled = True

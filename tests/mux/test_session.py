@@ -24,6 +24,7 @@ import trustme
 import ws_stream
 from ws_stream import mux
 from ws_stream.mux import MuxError, Session
+from ws_stream.mux import asyncio as mux_asyncio
 
 from .helpers import digest, digest_to_eof, stream_id
 
@@ -423,6 +424,8 @@ async def test_a_session_over_tls_inside_the_websocket_runs_over_the_tls() -> No
         stream = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/", ping_interval=None)
         await stream.writer.start_tls(client_ctx, server_hostname="localhost")
         async with await mux.open_session(stream.reader, stream.writer, client=True) as session:
+            # The TLS layer stays the WebSocket transport's protocol: the session is above it.
+            assert not isinstance(stream.transport.get_protocol(), mux_asyncio._Feed)
             reader, writer = await session.open_stream()
             await send_all(writer, data, random.Random(1))
             assert await served == digest(data)
@@ -577,6 +580,12 @@ async def test_go_away_refuses_new_streams_and_existing_ones_finish() -> None:
         await writer.wait_closed()
         await peer_writer.wait_closed()
         assert 0 < await pair.server.ping() < 10
+
+
+async def test_over_a_wsstream_the_session_is_the_protocol_of_its_transport() -> None:
+    """No reader task and no StreamReader between the WebSocket and the session."""
+    async with mux_pair() as pair:
+        assert isinstance(pair.stream.transport.get_protocol(), mux_asyncio._Feed)
 
 
 async def test_ping_returns_the_round_trip() -> None:

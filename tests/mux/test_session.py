@@ -216,6 +216,12 @@ async def test_half_close_the_other_side_reads_eof_after_all_bytes_and_writes_ba
     async with mux_pair(tls=scheme == "wss") as pair, asyncio.timeout(30):
         for opener, acceptor in ((pair.client, pair.server), (pair.server, pair.client)):
             reader, writer = await opener.open_stream()
+            # TLS details are the session writer's, never a stream's; the rest passes through.
+            assert writer.get_extra_info("ssl_object") is None
+            if opener is pair.client:
+                under = pair.stream.writer
+                assert (under.get_extra_info("ssl_object") is not None) == (scheme == "wss")
+                assert writer.get_extra_info("peername") == under.get_extra_info("peername")
             request, reply = payload(5, 3 * MiB), payload(7 * MiB, 2 * MiB + 3)
             sender = asyncio.create_task(send_all(writer, request, random.Random(1)))
             peer_reader, peer_writer = await acceptor.accept()

@@ -283,27 +283,21 @@ class Machine:
             return
         if type(data) is not bytes:
             data = bytes(data)
+        view: bytes | memoryview = data
         buffer = self._buffer
-        if buffer:  # the start of a header: complete it, then go on in data
+        if buffer:  # the start of a header: complete it, then go on after it
             need = HEADER.size - len(buffer)
             buffer += data[:need]
             if len(buffer) < HEADER.size:
                 return
             self._buffer = bytearray()
             self._parse(bytes(buffer))
-            if self.failed is not None or len(data) <= need:
+            if self.failed is not None:
                 return
             view = memoryview(data)[need:]
-            try:
-                offset = self._parse(view)
-                if offset < len(view) and self.failed is None:
-                    self._buffer = bytearray(view[offset:])
-            finally:
-                view.release()
-            return
-        offset = self._parse(data)
-        if offset < len(data) and self.failed is None:
-            self._buffer = bytearray(memoryview(data)[offset:])
+        offset = self._parse(view)
+        if offset < len(view) and self.failed is None:
+            self._buffer = bytearray(memoryview(view)[offset:])
 
     def _parse(self, view: bytes | memoryview) -> int:
         """Handle the frames in ``view``, payloads piece by piece; returns how many

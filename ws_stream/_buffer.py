@@ -13,7 +13,9 @@ payload (object header, allocator rounding, deque slot): a peer sending 1-byte
 frames would make every buffered byte cost 45. So chunks shorter than
 :data:`COALESCE_BELOW` are copied into a ``bytearray`` at the tail of the
 queue - one copy per small-frame byte, none for large frames - and a queued
-chunk's overhead is at most ~5 % of its payload. A partly read ``bytearray``
+chunk's overhead is at most ~5 % of its payload (plus, once, a small chunk
+that found the buffer empty: kept as it is, so that a reader keeping up with
+small messages copies nothing). A partly read ``bytearray``
 head drops what was read rather than keeping a read offset (``del`` at a
 bytearray's front is amortized O(1), and CPython reallocates a bytearray to
 its size once less than half of its allocation is in use), so it holds at
@@ -64,16 +66,21 @@ class ChunkBuffer:
     def append(self, chunk: bytes) -> int:
         """Queue ``chunk``; return the bytes buffered.
 
-        A ``bytes`` chunk of at least :data:`COALESCE_BELOW` bytes is kept as
-        is (no copy); a shorter one is copied into the bytearray at the tail.
-        A chunk that is not ``bytes`` is always copied: the buffer mutates
-        only bytearrays it made.
+        A ``bytes`` chunk of at least :data:`COALESCE_BELOW` bytes, or one
+        that arrives when the buffer is empty, is kept as is (no copy); a
+        shorter one is copied into the bytearray at the tail. A chunk that is
+        not ``bytes`` is always copied: the buffer mutates only bytearrays it
+        made.
         """
         n = len(chunk)
         chunks = self._chunks
         if chunks is None:
             chunks = self._chunks = deque()
-        if n >= COALESCE_BELOW:
+        if not chunks and n and type(chunk) is bytes:
+            # Alone in the buffer, a chunk of any size is kept as it is: one small
+            # object's overhead at most, and a read takes it back without a copy.
+            chunks.append(chunk)
+        elif n >= COALESCE_BELOW:
             chunks.append(chunk if type(chunk) is bytes else bytes(chunk))
         elif not n:
             return self._size

@@ -620,9 +620,13 @@ class Engine:
         message = self._send_message
         if message is not None:  # a message front end keeps what it gets: bytes
             whole = bytes(data)
-            for start in range(0, max(n, 1), size):
-                message(whole[start : start + size] if n > size else whole)
-            frames = max(1, -(-n // size))
+            if n <= size:
+                message(whole)
+                frames = 1
+            else:
+                for start in range(0, n, size):
+                    message(whole[start : start + size])
+                frames = -(-n // size)
         elif n <= size:
             self.protocol.send_binary(data)
             frames = 1

@@ -106,6 +106,21 @@ def test_small_chunks_are_coalesced_in_order_large_ones_kept() -> None:
     assert len(queue) == 0 and queue.take(1) == b""
 
 
+def test_a_small_chunk_that_finds_the_buffer_empty_is_kept_as_it_is() -> None:
+    """A reader that keeps up with small messages copies nothing; the small ones
+    that queue behind it are still coalesced."""
+    queue = ChunkBuffer()
+    first = bytes(range(64))
+    queue.append(first)
+    assert queue.take(100, exact=False) is first  # zero-copy
+    queue.append(first)
+    queue.append(b"a")
+    queue.append(b"b")
+    assert queue.take(2) == first[:2]  # from an offset: the object is kept
+    assert queue.take(100) == first[2:] + b"ab"
+    assert len(queue) == 0
+
+
 def test_appended_chunks_are_copied_when_mutable() -> None:
     queue = ChunkBuffer()
     small, large = bytearray(b"small"), bytearray(COALESCE_BELOW)

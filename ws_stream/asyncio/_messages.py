@@ -428,25 +428,32 @@ class MessageLink(asyncio.Transport):
 
     def _send_eagerly(self) -> None:
         outbox = self._outbox
-        send_bytes = self._socket.send_bytes
         while outbox and self._sender is None and not (self._lost or self._send_failed):
             if outbox[0][0] != BYTES:
                 self._sender = self._loop.create_task(self._send_queued(None, b""))
                 return
             data = bytes(outbox.popleft()[1])
-            coro = send_bytes(data)
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration:
-                self._sent(len(data))
-                continue
-            except Exception as exc:
-                self._failed(exc)
+            if not self._start(data):
                 return
-            rest = self._unstarted = _Rest(coro, waiting_on)
-            self._sender = self._loop.create_task(
-                self._send_queued(rest, data), context=contextvars.copy_context()
-            )
+            self._sent(len(data))
+
+    def _start(self, data: bytes) -> bool:
+        """Run the front end's send of ``data`` up to its first wait; True when it
+        completed. If it has to wait, the sender task finishes it and sends what is
+        queued behind it; if it fails, the link ends (see :meth:`_failed`)."""
+        coro = self._socket.send_bytes(data)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return True
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        rest = self._unstarted = _Rest(coro, waiting_on)
+        self._sender = self._loop.create_task(
+            self._send_queued(rest, data), context=contextvars.copy_context()
+        )
+        return False
 
     def _sent(self, size: int) -> None:
         self._queued -= size
@@ -528,9 +535,21 @@ class MessageLink(asyncio.Transport):
         once the connection is lost or our close is on its way (after ``abort()``)."""
         if self._lost or self._close_sent:
             return
-        self._outbox.append((BYTES, data))
         self._queued += len(data)
-        self._pump()
+        if self._outbox or self._pumping or self._sender is not None or self._send_failed:
+            self._outbox.append((BYTES, data))
+            self._pump()
+            return
+        # Nothing queued before it: sent at once, without the queue.
+        self._pumping = True
+        try:
+            done = self._start(data)
+        finally:
+            self._pumping = False
+        if done:
+            self._sent(len(data))
+        if self._outbox or self._queued > _HIGH_WATER:
+            self._pump()  # what a send queued meanwhile; the high-water mark
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None

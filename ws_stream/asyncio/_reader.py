@@ -110,12 +110,12 @@ class ChunkedStreamReader(asyncio.StreamReader):
         assert not self._eof, "feed_data after feed_eof"
         # Keep immutable chunks as they are; copy what the producer may reuse.
         chunk = data if type(data) is bytes else bytes(data)
-        n = len(chunk)
-        if not n:
+        if not len(chunk):
             return
-        self._chunks.append(chunk)
+        buffered = self._chunks.append(chunk)
         self._wake()
-        self._maybe_pause_transport()
+        if buffered > self._limit:
+            self._maybe_pause_transport()
 
     def set_exception(self, exc: BaseException) -> None:
         """End the stream with ``exc``, raised after every buffered byte was read.
@@ -182,7 +182,8 @@ class ChunkedStreamReader(asyncio.StreamReader):
 
     def _take(self, n: int, exact: bool = True) -> bytes:
         data = self._chunks.take(n, exact)
-        self._maybe_resume_transport()
+        if self._paused:
+            self._maybe_resume_transport()
         return data
 
     def _find(self, seps: tuple[bytes, ...], start: int) -> tuple[int, int]:

@@ -157,6 +157,25 @@ async def test_the_first_data_of_an_iteration_leaves_at_once_the_rest_at_its_end
             assert await peer_reader.readexactly(5) == b"after"
 
 
+async def test_over_a_wsstream_every_data_frame_crosses_in_one_websocket_frame() -> None:
+    """A Data frame carries at most the WebSocket's max_frame_size and goes with
+    its header in one WebSocket frame: the peer's mux gets it in one piece (cut at
+    max_frame_size, a 64 KiB write was a frame and a 12-byte frame)."""
+    async with mux_pair() as pair:
+        (reader, writer), (peer_reader, _) = await opened_pair(pair.client, pair.server)
+        await asyncio.sleep(0.05)  # let the opening's frames and ACKs settle
+        stats = pair.stream.stats
+        frames, sent = stats.frames_sent, stats.bytes_sent
+        size = 2**16  # the WebSocket's max_frame_size
+        data = bytes(i % 251 for i in range(3 * size))  # within the window
+        writer.write(data[:size])
+        writer.write(data[size:])  # two Data frames in one write
+        async with asyncio.timeout(10):
+            assert await peer_reader.readexactly(len(data)) == data
+        assert stats.bytes_sent - sent == 3 * (12 + size)
+        assert stats.frames_sent - frames == 3
+
+
 # Many streams, both ways
 
 

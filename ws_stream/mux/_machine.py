@@ -304,7 +304,9 @@ class Machine:
 
     def _parse(self, view: bytes | memoryview) -> int:
         """Handle the frames in ``view``, payloads piece by piece; returns how many
-        bytes were taken (all but the start of a header cut short)."""
+        bytes were taken (all but the start of a header cut short). A payload that
+        is all in ``view`` goes on without a record of it (:class:`_Payload` is
+        for one still to come)."""
         offset = 0
         size = len(view)
         unpack = HEADER.unpack_from
@@ -313,59 +315,59 @@ class Machine:
             if frame is None:
                 if size - offset < 12:
                     break
-                version, type_, flags, stream, length = unpack(view, offset)
+                version, type_, flags, stream, left = unpack(view, offset)
                 offset += 12
                 if version != _VERSION:
                     self._fail(f"unsupported yamux version {version}")
                     break
-                if type_ == _DATA:
-                    # Checked at the header, before any payload: no frame may
-                    # hold more than the window it is sent against.
-                    if flags & _SYN:
-                        limit = DEFAULT_WINDOW  # a new stream: the initial window
-                    else:
-                        # A stream gone lately may get frames sent against the last window.
-                        known = self.streams.get(stream)
-                        limit = self.window if known is None else known.recv_window
-                    if length > limit:
-                        self._fail(
-                            f"a {length}-byte data frame on stream {stream}, beyond its "
-                            f"receive window ({limit} bytes)"
-                        )
-                        break
-                    state = self._data_header(flags, stream, length)
-                    if self.failed is not None:
-                        break
-                    if length:
-                        self._frame = _Payload(flags, stream, length, state)
-                    elif state is not None and flags & (_FIN | _RST):
-                        self._flags(flags, stream, state)
+                if type_ != _DATA:
+                    self._control(type_, flags, stream, left)
                     continue
-                self._control(type_, flags, stream, length)
-                continue
-            if offset >= size:
-                break
-            left = frame.left
-            take = left if left <= size - offset else size - offset
-            state = frame.state
-            if state is not None:
-                if self.streams.get(frame.stream) is not state:
+                # Checked at the header, before any payload: no frame may
+                # hold more than the window it is sent against.
+                if flags & _SYN:
+                    limit = DEFAULT_WINDOW  # a new stream: the initial window
+                else:
+                    # A stream gone lately may get frames sent against the last window.
+                    known = self.streams.get(stream)
+                    limit = self.window if known is None else known.recv_window
+                if left > limit:
+                    self._fail(
+                        f"a {left}-byte data frame on stream {stream}, beyond its "
+                        f"receive window ({limit} bytes)"
+                    )
+                    break
+                state = self._data_header(flags, stream, left)
+                if self.failed is not None:
+                    break
+            else:
+                if offset >= size:
+                    break
+                flags, stream, left, state = frame.flags, frame.stream, frame.left, frame.state
+                if state is not None and self.streams.get(stream) is not state:
                     state = frame.state = None  # reset by this side meanwhile
-                elif state.discard:
-                    # The application stopped reading meanwhile: as below.
-                    self.reset_stream(frame.stream)
-                    state = frame.state = None
+            take = left if left <= size - offset else size - offset
+            if state is not None and take:
+                if state.discard:
+                    # The application stopped reading meanwhile (see _data_header).
+                    self.reset_stream(stream)
+                    state = None
+                    if frame is not None:
+                        frame.state = None
                 else:
                     chunk = view[offset : offset + take]
                     payload = chunk.tobytes() if isinstance(chunk, memoryview) else chunk
-                    self._events.append(Data(frame.stream, payload))
+                    self._events.append(Data(stream, payload))
             offset += take
-            if take < left:
-                frame.left = left - take
+            if take < left:  # the rest comes with later reads
+                if frame is None:
+                    self._frame = _Payload(flags, stream, left - take, state)
+                else:
+                    frame.left = left - take
                 break
             self._frame = None
-            if state is not None and frame.flags & (_FIN | _RST):
-                self._flags(frame.flags, frame.stream, state)
+            if state is not None and flags & (_FIN | _RST):
+                self._flags(flags, stream, state)
         return offset
 
     def _control(self, type_: int, flags: int, stream: int, length: int) -> None:
@@ -532,7 +534,8 @@ class Machine:
         out, self._out = self._out, []
         if not whole_up_to or len(out) < 2:
             return out
-        if sum(map(len, out)) <= whole_up_to:
+        # Two buffers are one Data frame or two control frames: within the bound.
+        if len(out) == 2 or sum(map(len, out)) <= whole_up_to:
             return [b"".join(out)]
         # A frame is its header, then a Data frame's payload as one buffer.
         batches: list[bytes | memoryview] = []

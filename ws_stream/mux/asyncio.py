@@ -276,7 +276,8 @@ class MuxTransport(asyncio.Transport):
             feed_buffered(self._protocol, data)  # type: ignore[arg-type]
         else:
             self._protocol.data_received(data)  # type: ignore[attr-defined]
-        self._session._consumed(self.stream, len(data))
+        # Taken: the window update it may grant leaves with the caller's _output().
+        self._session.machine.consumed(self.stream, len(data))
 
     def _eof(self) -> None:
         self._eof_received = True
@@ -573,11 +574,6 @@ class Session:
     def _ready(self, transport: MuxTransport) -> None:
         self._waiting[transport.stream] = transport
         self._wake.set()
-
-    def _consumed(self, stream: int, count: int) -> None:
-        """A stream's protocol took ``count`` bytes; the window update it may
-        grant leaves with the caller's :meth:`_output`."""
-        self.machine.consumed(stream, count)
 
     def _close_stream(self, stream: int) -> None:
         self.machine.close_stream(stream)

@@ -611,22 +611,21 @@ class Engine:
             return f"the WebSocket is closing or closed: data can no longer be sent{peer}"
         return None
 
-    def send(self, data: bytes | bytearray | memoryview, *, whole: bool = False) -> int:
-        """Frame ``data`` now (binary frames of at most ``max_frame_size``; ``whole``:
-        one frame, whatever its size, which the caller bounds); return the number
-        of frames. The caller checked :meth:`send_refusal`."""
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Frame ``data`` now (binary frames of at most ``max_frame_size``); return
+        the number of frames. The caller checked :meth:`send_refusal`."""
+        size = self.options.max_frame_size
         n = len(data) if type(data) is not memoryview else data.nbytes
-        size = n if whole and n > self.options.max_frame_size else self.options.max_frame_size
         stats = self.stats
         message = self._send_message
         if message is not None:  # a message front end keeps what it gets: bytes
-            kept = bytes(data)
+            whole = bytes(data)
             if n <= size:
-                message(kept)
+                message(whole)
                 frames = 1
             else:
                 for start in range(0, n, size):
-                    message(kept[start : start + size])
+                    message(whole[start : start + size])
                 frames = -(-n // size)
         elif n <= size:
             self.protocol.send_binary(data)
@@ -640,22 +639,18 @@ class Engine:
         stats.bytes_sent += n
         return frames
 
-    def write(
-        self, data: bytes | bytearray | memoryview, *, first: bool, whole: bool = False
-    ) -> bool:
+    def write(self, data: bytes | bytearray | memoryview, *, first: bool) -> bool:
         """A coalescing write (asyncio transports). ``first``: the first write since the
         last :meth:`flush` - it is framed at once (no added latency); later ones wait
-        for :meth:`flush` unless ``max_frame_size`` is pending. ``whole``: a write of
-        ``max_frame_size`` or more goes as one frame, not cut (see :meth:`send`).
-        Returns False when the write was refused (after the close; counted in
-        :attr:`lost_writes`)."""
+        for :meth:`flush` unless ``max_frame_size`` is pending. Returns False when
+        the write was refused (after the close; counted in :attr:`lost_writes`)."""
         n = len(data) if type(data) is not memoryview else data.nbytes
         if self.protocol.state is not OPEN or self.lost:
             self.lost_writes += 1
             return False
         if n >= self.options.max_frame_size:
             self.flush()
-            self.send(data, whole=whole)
+            self.send(data)
         elif first and not self._pending:
             self.send(data)
         else:

@@ -445,25 +445,6 @@ def test_large_writes_are_cut_at_max_frame_size() -> None:
     assert b"".join(f.data for f in frames) == payload(0, 250) + b"x" * 60 + b"y" * 60 + b"z" * 60
 
 
-def test_a_whole_write_is_one_frame_after_what_was_pending() -> None:
-    """For a layer whose writes are frames of its own (the mux): a write of
-    max_frame_size or more asked ``whole`` is one frame, after the pending bytes;
-    below max_frame_size it coalesces as any write."""
-    engine, peer = make(max_frame_size=100)
-    engine.write(b"a" * 10, first=True)
-    engine.write(b"b" * 10, first=False, whole=True)  # small: pending, as any write
-    engine.write(payload(0, 112), first=False, whole=True)
-    engine.write(payload(0, 112), first=False)  # not whole: cut
-    frames = peer.read(engine)
-    assert [len(f.data) for f in frames] == [10, 10, 112, 100, 12]
-    assert frames[2].data == payload(0, 112)
-    sent: list[bytes] = []
-    message, _ = make("server", max_frame_size=100, send_message=sent.append)
-    message.write(payload(0, 112), first=True, whole=True)
-    message.write(payload(0, 112), first=False)
-    assert [len(m) for m in sent] == [112, 100, 12]
-
-
 def test_a_message_engine_leaves_nothing_to_collect_after_a_write_or_a_delivery() -> None:
     """A message front end's engine: data messages go to its sink, never through
     websockets, so the shell may skip data_to_send() after a write or a delivered

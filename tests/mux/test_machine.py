@@ -475,43 +475,6 @@ def test_a_large_send_is_split_into_frames_of_at_most_max_frame() -> None:
     assert [f.length for f in written(m)] == [MAX_FRAME, MAX_FRAME, 1000]
 
 
-def test_a_lower_max_frame_cuts_data_frames_there() -> None:
-    """A session over a WebSocket lowers max_frame to the WebSocket's frame size."""
-    m = server()
-    m.max_frame = 1000
-    peer_opens(m, 1)
-    assert m.send(1, bytes(1000)) == 1000  # the one-frame path up to max_frame
-    assert m.send(1, bytes(2500)) == 2500
-    assert [f.length for f in written(m)] == [1000, 1000, 1000, 500]
-
-
-def test_frames_joined_for_a_websocket_are_whole_in_every_buffer() -> None:
-    """data_to_send(whole_up_to): buffers of whole frames, each at most that size,
-    so that a transport framing each buffer never cuts a frame."""
-    m = server()
-    m.max_frame = 100
-    peer_opens(m, 1)
-    m.ping()
-    payload = bytes(i % 251 for i in range(250))
-    assert m.send(1, payload) == 250
-    m.go_away()
-    expected = [F(PING, SYN, 0, 1)] + [
-        F(DATA, 0, 1, n, payload[at : at + n]) for at, n in ((0, 100), (100, 100), (200, 50))
-    ]
-    expected.append(F(GO_AWAY, 0, 0, 0))
-    batches = [bytes(b) for b in m.data_to_send(whole_up_to=12 + 112)]
-    assert [len(b) for b in batches] == [12 + 112, 112, 62 + 12]  # never past 124
-    assert [f for b in batches for f in parse(b)] == expected  # each one whole
-    m.ping()
-    m.send(1, b"x")
-    assert (
-        [bytes(b) for b in m.data_to_send(whole_up_to=1000)]
-        == [  # all in one
-            b"".join(frame(*f[:4], f.payload) for f in (F(PING, SYN, 0, 2), F(DATA, 0, 1, 1, b"x")))
-        ]
-    )
-
-
 def test_consumed_grants_back_once_half_the_window_is_read() -> None:
     m = server()
     peer_opens(m, 1)

@@ -157,23 +157,58 @@ async def test_the_first_data_of_an_iteration_leaves_at_once_the_rest_at_its_end
             assert await peer_reader.readexactly(5) == b"after"
 
 
-async def test_over_a_wsstream_every_data_frame_crosses_in_one_websocket_frame() -> None:
-    """A Data frame carries at most the WebSocket's max_frame_size and goes with
-    its header in one WebSocket frame: the peer's mux gets it in one piece (cut at
-    max_frame_size, a 64 KiB write was a frame and a 12-byte frame)."""
-    async with mux_pair() as pair:
-        (reader, writer), (peer_reader, _) = await opened_pair(pair.client, pair.server)
-        await asyncio.sleep(0.05)  # let the opening's frames and ACKs settle
-        stats = pair.stream.stats
-        frames, sent = stats.frames_sent, stats.bytes_sent
-        size = 2**16  # the WebSocket's max_frame_size
-        data = bytes(i % 251 for i in range(3 * size))  # within the window
-        writer.write(data[:size])
-        writer.write(data[size:])  # two Data frames in one write
-        async with asyncio.timeout(10):
-            assert await peer_reader.readexactly(len(data)) == data
-        assert stats.bytes_sent - sent == 3 * (12 + size)
-        assert stats.frames_sent - frames == 3
+@pytest.mark.parametrize(
+    ("max_frame_size", "max_size"),
+    [(2**16, 2**16), (2**20, 2**20)],
+    ids=["64 KiB both sides", "1 MiB: the peer's default max_size"],
+)
+async def test_no_websocket_frame_exceeds_max_frame_size(
+    max_frame_size: int, max_size: int
+) -> None:
+    """A peer whose message limit (max_size) is our max_frame_size takes every frame
+    a session sends (review of a whole-frame change: a Data frame and its header in
+    one WebSocket frame made frames of max_frame_size + 12 to + 48 bytes: 1009)."""
+    window = 4 * MiB
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            received.set_result(await reader.readexactly(2 * MiB))
+        except Exception as exc:
+            received.set_exception(exc)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = await mux.open_session(
+            reader, writer, client=False, window=window, on_stream=on_stream
+        )
+        await session.wait_closed()
+        if not received.done():
+            received.set_exception(ConnectionError(f"the session ended: {session.error}"))
+
+    server = await ws_stream.start_server(
+        handler, "127.0.0.1", 0, ping_interval=None, max_size=max_size
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        stream = await ws_stream.connect_stream(
+            f"ws://127.0.0.1:{port}/", ping_interval=None, max_frame_size=max_frame_size
+        )
+        async with await mux.open_session(
+            stream.reader, stream.writer, client=True, window=window
+        ) as session:
+            _, writer = await session.open_stream()
+            data = bytes(i % 251 for i in range(2 * MiB))
+            writer.write(data[:1])
+            await asyncio.sleep(0.05)  # the ACK: the full window from here on
+            writer.write(data[1 : 2**16 + 1])  # one max_frame_size of payload
+            writer.write(data[2**16 + 1 :])  # many Data frames in one write
+            async with asyncio.timeout(10):
+                assert await received == data
+        assert stream.close_code != 1009
+        await stream.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # Many streams, both ways

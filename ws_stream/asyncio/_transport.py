@@ -353,11 +353,6 @@ class WsTransport(asyncio.Transport):
 
     # asyncio.BaseTransport
 
-    @property
-    def max_frame_size(self) -> int:
-        """The largest frame :meth:`write` sends (the stream's ``max_frame_size``)."""
-        return self._max_frame
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ws_stream":
             return self._owner
@@ -420,17 +415,6 @@ class WsTransport(asyncio.Transport):
         return self._engine.pending_size + self._tcp.get_write_buffer_size()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._write(data, False)
-
-    def write_whole(self, data: bytes | bytearray | memoryview) -> None:
-        """:meth:`write`, except that ``data`` of ``max_frame_size`` or more goes as
-        one frame instead of being cut at ``max_frame_size``: for a layer above
-        whose writes are frames of its own (the mux: a Data frame and its header
-        cross in one WebSocket frame, which the peer's mux parses in one piece).
-        The caller bounds the size."""
-        self._write(data, True)
-
-    def _write(self, data: bytes | bytearray | memoryview, whole: bool) -> None:
         if not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if self._eof_written:
@@ -445,7 +429,7 @@ class WsTransport(asyncio.Transport):
         # that follow it in the same iteration are coalesced and sent at its end.
         first = not self._wrote
         engine = self._engine
-        if engine.write(data, first=first, whole=whole):
+        if engine.write(data, first=first):
             if first:
                 self._wrote = True
                 if self._flush_handle is None:

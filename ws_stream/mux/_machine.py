@@ -268,9 +268,6 @@ class Machine:
         self.local_go_away = False
         self.remote_go_away = False
         self.failed: SessionFailed | None = None
-        #: Largest payload of one Data frame this side sends (a session over a
-        #: WebSocket lowers it to the WebSocket's frame size).
-        self.max_frame = MAX_FRAME
 
     # Input
 
@@ -523,39 +520,10 @@ class Machine:
         """Whether :meth:`data_to_send` has frames."""
         return bool(self._out)
 
-    def data_to_send(self, whole_up_to: int = 0) -> list[bytes | memoryview]:
-        """The frames to write, in order (a list of buffers: write them all, in order).
-
-        ``whole_up_to``: the frames joined into buffers of whole frames, each
-        of at most that many bytes (a larger frame alone): for a transport that
-        frames each buffer as a message of its own (a WebSocket), so that the
-        peer receives every frame in one piece.
-        """
+    def data_to_send(self) -> list[bytes | memoryview]:
+        """The frames to write, in order (a list of buffers: write them all, in order)."""
         out, self._out = self._out, []
-        if not whole_up_to or len(out) < 2:
-            return out
-        # Two buffers are one Data frame or two control frames: within the bound.
-        if len(out) == 2 or sum(map(len, out)) <= whole_up_to:
-            return [b"".join(out)]
-        # A frame is its header, then a Data frame's payload as one buffer.
-        batches: list[bytes | memoryview] = []
-        batch: list[bytes | memoryview] = []
-        size = 0
-        i = 0
-        while i < len(out):
-            _, type_, _, _, length = HEADER.unpack(out[i])
-            if type_ == _DATA and length:
-                end, frame = i + 2, HEADER.size + length
-            else:
-                end, frame = i + 1, HEADER.size
-            if batch and size + frame > whole_up_to:
-                batches.append(b"".join(batch))
-                batch, size = [], 0
-            batch += out[i:end]
-            size += frame
-            i = end
-        batches.append(b"".join(batch))
-        return batches
+        return out
 
     # Commands
 
@@ -616,7 +584,7 @@ class Machine:
             raise MuxError(f"stream {stream} is closed for writing (write_eof or close was called)")
         window = state.send_window
         n = len(data)
-        if type(data) is bytes and 0 < n <= window and n <= self.max_frame:
+        if type(data) is bytes and 0 < n <= window and n <= MAX_FRAME:
             # The usual case: one frame, the bytes as given (no view, no slice).
             self._out += (HEADER.pack(_VERSION, _DATA, 0, stream, n), data)
             state.send_window = window - n
@@ -626,7 +594,7 @@ class Machine:
         sent = 0
         out = self._out
         while sent < count:
-            size = min(self.max_frame, count - sent)
+            size = min(MAX_FRAME, count - sent)
             out.append(header(_DATA, 0, stream, size))
             out.append(view[sent : sent + size])
             sent += size

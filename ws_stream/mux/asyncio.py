@@ -10,13 +10,7 @@ moves bytes and wakes tasks:
   a write goes out at once while the stream's window and the writer under the
   session have room, otherwise it waits in the stream's buffer (past
   ``write_limit`` bytes, ``drain()`` waits) for a flusher task that serves
-  the waiting streams in turn (a window update sends the stream's first turn
-  at once when no other stream waits);
-* over a WsStream, the session is its transport's protocol (no reader task),
-  and every Data frame (at most the WebSocket's ``max_frame_size`` of
-  payload) crosses with its header in one WebSocket frame, which may so be
-  up to 48 bytes longer than ``max_frame_size``: the peer's session parses
-  each frame in one piece;
+  the waiting streams in turn;
 * a stream whose reader does not read stops granting window (the
   ``StreamReader`` pauses its transport past twice its ``limit``): its peer
   stops after one window, and the other streams go on.
@@ -38,7 +32,6 @@ from ..asyncio._transport import WsTransport, feed_buffered
 from ..asyncio.stream import WsStream
 from ._machine import (
     DEFAULT_WINDOW,
-    HEADER,
     Acked,
     Data,
     Eof,
@@ -69,9 +62,6 @@ _WRITE_HIGH: Final = 256 * 1024
 _QUANTUM: Final = 64 * 1024
 #: get_extra_info() names of a TLS transport (asyncio's): not a stream's.
 _TLS_INFO: Final = frozenset({"sslcontext", "ssl_object", "peercert", "cipher", "compression"})
-#: Over a WsStream, what one WebSocket frame carries beyond ``max_frame_size``:
-#: a full Data frame's header and the few control frames written with it.
-_WITH_CONTROL: Final = 4 * HEADER.size
 #: Longest wait for the peer's FIN after a stream's close(); then RST.
 _CLOSE_TIMEOUT: Final = 10.0
 
@@ -353,7 +343,6 @@ class Session:
         #: (see :class:`_Feed`): no reader task, no StreamReader in between.
         self._feed: _Feed | None = None
         self._ws: WsTransport | None = None  # then, that WsStream's transport
-        self._whole_up_to = 0  # writes up to this size go in one WebSocket frame
         self._write_paused = False
         self._write_resumed: asyncio.Future[None] | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -371,13 +360,7 @@ class Session:
         ):
             transport = stream.transport
             self._feed = _Feed(self)
-            if isinstance(transport, WsTransport):
-                self._ws = transport
-                # A Data frame and its header cross in one WebSocket frame: the
-                # peer parses it in one piece (see _write_out).
-                size = transport.max_frame_size
-                self.machine.max_frame = min(self.machine.max_frame, size)
-                self._whole_up_to = size + _WITH_CONTROL
+            self._ws = transport if isinstance(transport, WsTransport) else None
             transport.set_protocol(self._feed)
             if early:
                 self._received(early)
@@ -430,13 +413,7 @@ class Session:
                     transport._data(event.data)
             elif isinstance(event, Writable):
                 transport = self._transports.get(event.stream)
-                # Its first quantum now, as the flusher's next turn would send it
-                # when no other stream waits; the rest in the flusher's turns.
-                if (
-                    transport is not None
-                    and transport._pending
-                    and (self._waiting or not self._can_write() or transport._push(_QUANTUM))
-                ):
+                if transport is not None and transport._pending:
                     self._ready(transport)
             elif isinstance(event, Opened):
                 self._incoming(event.stream)
@@ -513,15 +490,14 @@ class Session:
             self._write_out()
 
     def _write_out(self) -> None:
+        frames = self.machine.data_to_send()
+        if not frames:
+            return
         ws = self._ws
         if ws is not None:  # the writer's own transport, without the StreamWriter
-            # Whole frames per WebSocket frame: a Data frame is never cut.
-            for data in self.machine.data_to_send(self._whole_up_to):
-                if not ws.is_closing():
-                    ws.write_whole(data)
-            return
-        frames = self.machine.data_to_send()
-        if frames and not self._writer.is_closing():
+            if not ws.is_closing():
+                ws.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        elif not self._writer.is_closing():
             self._writer.writelines(frames)
 
     def _can_write(self) -> bool:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -205,6 +206,61 @@ async def test_no_websocket_frame_exceeds_max_frame_size(
             async with asyncio.timeout(10):
                 assert await received == data
         assert stream.close_code != 1009
+        await stream.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("ending", ["reset", "go away with an error"])
+async def test_bytes_left_unsent_by_a_reset_in_the_same_read_as_a_window_are_an_error(
+    ending: str,
+) -> None:
+    """A closed stream with bytes waiting for window: the peer grants window and, in
+    the same read, resets the stream or goes away with an error. The bytes never
+    leave, so wait_closed() raises (review of a change that sent on the window
+    update at once and reported a clean close)."""
+    header = struct.Struct(">BBHII")
+    closed = asyncio.Event()
+
+    async def raw_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A yamux peer written here: ACK stream 1, take one window, FIN it; once the
+        client closed, a window update and the ending in one write."""
+        buffer, taken, acked = b"", 0, False
+        while taken < 256 * 1024:
+            buffer += await reader.read(2**20)
+            while len(buffer) >= 12:
+                _, type_, _, _, length = header.unpack_from(buffer)
+                size = 12 + (length if type_ == 0 else 0)
+                if len(buffer) < size:
+                    break
+                taken += size - 12
+                buffer = buffer[size:]
+                if not acked:
+                    writer.write(header.pack(0, 1, 2, 1, 0))  # ACK
+                    acked = True
+        writer.write(header.pack(0, 1, 4, 1, 0))  # FIN
+        await closed.wait()
+        end = header.pack(0, 3, 0, 0, 2) if ending != "reset" else header.pack(0, 1, 8, 1, 0)
+        writer.write(header.pack(0, 1, 0, 1, 1000) + end)
+        await asyncio.sleep(1)
+
+    server = await ws_stream.start_server(raw_peer, "127.0.0.1", 0, ping_interval=None)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        stream = await ws_stream.connect_stream(f"ws://127.0.0.1:{port}/", ping_interval=None)
+        session = await mux.open_session(stream.reader, stream.writer, client=True)
+        reader, writer = await session.open_stream()
+        writer.write(b"z" * (256 * 1024 + 1000))  # 1000 bytes beyond the window
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # the peer's FIN
+            assert writer.transport.get_write_buffer_size() == 1000
+            writer.close()
+            closed.set()
+            expected = ConnectionResetError if ending == "reset" else ConnectionAbortedError
+            with pytest.raises(expected):
+                await writer.wait_closed()
+            await session.close()
         await stream.close()
     finally:
         server.close()

@@ -12,6 +12,7 @@ import trio.testing
 
 import ws_stream.trio
 from ws_stream.mux import MuxError
+from ws_stream.mux._machine import CLOSE_TIMEOUT
 from ws_stream.mux.trio import MuxStream, Session, open_session
 from ws_stream.trio import WsStream
 
@@ -90,6 +91,31 @@ async def test_concurrent_streams_both_ways_with_checksums(nursery: trio.Nursery
                 inner.cancel_scope.cancel()
         assert results == [True] * 32
         assert await client.ping() > 0
+
+
+async def test_a_closed_stream_whose_peer_never_closes_is_reset_after_the_close_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    """aclose() sends FIN; a peer that never answers with its own does not keep the
+    stream (and a slot of max_streams) forever: after the close timeout it is
+    reset, as the asyncio shell does."""
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+        left = await client.open_stream()
+        await left.send_all(b"x")
+        right = await server.accept()
+        assert await right.receive_some() == b"x"
+        await left.aclose()
+        assert await right.receive_some() == b""  # the FIN; this side never closes
+        assert left.stream in client.machine.streams  # waiting for the peer's FIN
+        with trio.fail_after(CLOSE_TIMEOUT + 10):
+            while left.stream in client.machine.streams:
+                await trio.sleep(0.1)
+        with pytest.raises(trio.BrokenResourceError, match="reset"):
+            await right.send_all(b"y")
 
 
 async def test_a_reset_is_never_a_clean_eof(nursery: trio.Nursery) -> None:

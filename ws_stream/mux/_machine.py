@@ -51,6 +51,7 @@ import struct
 from typing import Final, NamedTuple
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "DEFAULT_WINDOW",
     "HEADER",
     "Acked",
@@ -80,6 +81,9 @@ DEFAULT_WINDOW: Final = 256 * 1024
 #: frame never waits for a partial window; the WebSocket below frames bytes
 #: its own way).
 MAX_FRAME: Final = DEFAULT_WINDOW
+#: Longest wait, after a stream's close, for the peer's FIN; then the stream is
+#: reset (as TCP gives up on a peer that never closes), freeing its slot.
+CLOSE_TIMEOUT: Final = 10.0
 _MAX_U32: Final = 2**32 - 1
 _VERSION: Final = 0
 

@@ -31,6 +31,7 @@ from ..asyncio._reader import ChunkedStreamReader
 from ..asyncio._transport import WsTransport, feed_buffered
 from ..asyncio.stream import WsStream
 from ._machine import (
+    CLOSE_TIMEOUT,
     DEFAULT_WINDOW,
     Acked,
     Data,
@@ -62,8 +63,6 @@ _WRITE_HIGH: Final = 256 * 1024
 _QUANTUM: Final = 64 * 1024
 #: get_extra_info() names of a TLS transport (asyncio's): not a stream's.
 _TLS_INFO: Final = frozenset({"sslcontext", "ssl_object", "peercert", "cipher", "compression"})
-#: Longest wait for the peer's FIN after a stream's close(); then RST.
-_CLOSE_TIMEOUT: Final = 10.0
 
 
 class MuxTransport(asyncio.Transport):
@@ -131,7 +130,7 @@ class MuxTransport(asyncio.Transport):
         self.write_eof()
         self._maybe_done()  # both FINs crossed already: gone now
         if not self._lost:
-            self._close_timer = self._session._loop.call_later(_CLOSE_TIMEOUT, self.abort)
+            self._close_timer = self._session._loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol

@@ -32,6 +32,7 @@ from typing import Final
 import trio
 
 from ._machine import (
+    CLOSE_TIMEOUT,
     DEFAULT_WINDOW,
     Data,
     Eof,
@@ -168,7 +169,9 @@ class MuxStream(trio.abc.HalfCloseableStream):
         """Close both ways: FIN if not sent; bytes that still arrive reset the stream (as TCP).
 
         Closed at once, even if cancelled (``trio.aclose_forcefully``): the
-        FIN or RST is queued before the first checkpoint.
+        FIN or RST is queued before the first checkpoint. A peer that does not
+        answer with its own FIN within ``CLOSE_TIMEOUT`` (10 s) gets an RST,
+        and the stream's slot is freed.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -184,6 +187,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
             self._session.machine.stop_reading(self.stream)  # later bytes reset it
             if not self._eof_sent:
                 self._session._close_stream(self.stream)
+            self._session._reset_later(self.stream)  # unless the peer's FIN comes
         await trio.lowlevel.checkpoint()
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._session._flushed()
@@ -211,6 +215,7 @@ class Session:
         self._progress = trio.Event()
         self._out: list[bytes | memoryview] = []
         self.error: SessionFailed | None = None
+        self._nursery: trio.Nursery | None = None  # the session's tasks (open_session)
 
     # Moving bytes
 
@@ -315,6 +320,17 @@ class Session:
             self._streams.pop(stream, None)
         self._output()
 
+    def _reset_later(self, stream: int) -> None:
+        """Reset a closed stream after CLOSE_TIMEOUT if the peer's FIN has not ended it."""
+        if stream in self.machine.streams and self._nursery is not None:
+            self._nursery.start_soon(self._reset_after, stream)
+
+    async def _reset_after(self, stream: int) -> None:
+        await trio.sleep(CLOSE_TIMEOUT)
+        # Stream ids are never reused: still there, it is the same stream.
+        if stream in self.machine.streams and self.machine.failed is None:
+            self._reset(stream)
+
     def _reset(self, stream: int) -> None:
         self.machine.reset_stream(stream)
         self.machine.events()  # its own Reset
@@ -407,6 +423,7 @@ async def open_session(
         transport, Machine(client=client, window=window, max_streams=max_streams, backlog=backlog)
     )
     async with trio.open_nursery() as nursery:
+        session._nursery = nursery
         nursery.start_soon(session._read)
         nursery.start_soon(session._send)
         try:

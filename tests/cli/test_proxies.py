@@ -290,8 +290,8 @@ def test_a_wrong_or_missing_password_for_tinyproxy_is_a_clear_error(
         "forward", "--listen", "127.0.0.1:0", "--proxy", proxy.url("http", "user", "wrong-Pw"), uri
     )
     with (
+        pytest.raises(ConnectionResetError),  # at connect() if the RST is that fast
         socket.create_connection(("127.0.0.1", forward.port()), timeout=10) as sock,
-        pytest.raises(ConnectionResetError),
     ):
         while sock.recv(1024):
             pass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -27,6 +29,24 @@ async def sessions(nursery: trio.Nursery) -> tuple[WsStream, WsStream]:
     client = await ws_stream.trio.connect_stream(nursery, uri)
     server = await accepted.receive()
     return client, server
+
+
+@contextlib.asynccontextmanager
+async def one_stream(
+    nursery: trio.Nursery, first: bytes
+) -> AsyncIterator[tuple[Session, MuxStream, MuxStream]]:
+    """A client session, a stream it opened and the server's end of it, ``first``
+    crossed already."""
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+        stream = await client.open_stream()
+        await stream.send_all(first)
+        peer = await server.accept()
+        assert await peer.receive_some() == first
+        yield client, stream, peer
 
 
 async def test_the_stream_checker_passes(nursery: trio.Nursery) -> None:
@@ -99,15 +119,7 @@ async def test_a_closed_stream_whose_peer_never_closes_is_reset_after_the_close_
     """aclose() sends FIN; a peer that never answers with its own does not keep the
     stream (and a slot of max_streams) forever: after the close timeout it is
     reset, as the asyncio shell does."""
-    client_ws, server_ws = await sessions(nursery)
-    async with (
-        open_session(client_ws, client=True) as client,
-        open_session(server_ws, client=False) as server,
-    ):
-        left = await client.open_stream()
-        await left.send_all(b"x")
-        right = await server.accept()
-        assert await right.receive_some() == b"x"
+    async with one_stream(nursery, b"x") as (client, left, right):
         await left.aclose()
         assert await right.receive_some() == b""  # the FIN; this side never closes
         assert left.stream in client.machine.streams  # waiting for the peer's FIN
@@ -119,15 +131,7 @@ async def test_a_closed_stream_whose_peer_never_closes_is_reset_after_the_close_
 
 
 async def test_a_reset_is_never_a_clean_eof(nursery: trio.Nursery) -> None:
-    client_ws, server_ws = await sessions(nursery)
-    async with (
-        open_session(client_ws, client=True) as client,
-        open_session(server_ws, client=False) as server,
-    ):
-        stream = await client.open_stream()
-        await stream.send_all(b"partial")
-        peer = await server.accept()
-        assert await peer.receive_some() == b"partial"
+    async with one_stream(nursery, b"partial") as (_, stream, peer):
         await stream.reset()
         with trio.fail_after(5), pytest.raises(trio.BrokenResourceError, match="reset"):
             while await peer.receive_some():

@@ -26,6 +26,7 @@ import ws_stream
 from ws_stream import mux
 from ws_stream.mux import MuxError, Session
 from ws_stream.mux import asyncio as mux_asyncio
+from ws_stream.mux._machine import CLOSE_TIMEOUT
 
 from .helpers import digest, digest_to_eof, stream_id
 
@@ -373,6 +374,24 @@ async def test_close_then_wait_closed_ends_the_stream_on_both_sides() -> None:
         await peer_writer.wait_closed()
         assert await reader.read() == b""
         await until(lambda: pair.client.streams == 0 and pair.server.streams == 0)
+
+
+async def test_a_closed_stream_whose_peer_never_closes_is_reset_after_the_close_timeout() -> None:
+    """close() sends FIN; a peer that never answers with its own does not keep the
+    stream (and a slot of max_streams) forever: after CLOSE_TIMEOUT it is reset,
+    and the peer learns it (as README says, for both shells)."""
+    async with mux_pair() as pair:
+        (_, writer), (peer_reader, _) = await opened_pair(pair.client, pair.server)
+        stream = stream_id(writer)
+        writer.close()
+        async with asyncio.timeout(5):
+            assert await peer_reader.read() == b""  # the FIN; this side never closes
+        assert stream in pair.client.machine.streams  # waiting for the peer's FIN
+        async with asyncio.timeout(CLOSE_TIMEOUT + 10):
+            await writer.wait_closed()
+            while stream in pair.client.machine.streams:
+                await asyncio.sleep(0.1)
+            await until(lambda: stream not in pair.server.machine.streams)
 
 
 @pytest.mark.parametrize("aborting", ["client", "server"])

@@ -804,10 +804,17 @@ def test_backlog_refuses_streams_not_taken() -> None:
     peer_opens(m, 7)
     assert feed(m, update(9, 0, SYN)) == []
     assert written(m) == [F(WINDOW_UPDATE, RST, 9, 0)]
-    # a stream that ends before it is taken frees its place too
+    # a stream that ends before it is taken keeps its place until it is taken
+    # (the shell still hands it out): opening and resetting cannot flood the queue
     feed(m, update(3, 0, RST))
     m.events()
-    peer_opens(m, 11)
+    assert feed(m, update(11, 0, SYN)) == []
+    assert written(m) == [F(WINDOW_UPDATE, RST, 11, 0)]
+    m.take(3)
+    m.take(3)  # taken once only
+    peer_opens(m, 13)
+    assert feed(m, update(15, 0, SYN)) == []
+    assert written(m) == [F(WINDOW_UPDATE, RST, 15, 0)]
 
 
 def test_streams_we_open_are_not_in_the_backlog() -> None:
@@ -1012,6 +1019,7 @@ class Model:
         self.pings = 0
         self.events: list[tuple[object, ...]] = []
         self.out: list[F] = []
+        self.gone_untaken: set[int] = set()  # ended before taken: still in the backlog
 
     def take_events(self) -> list[tuple[object, ...]]:
         events, self.events = self.events, []
@@ -1027,6 +1035,10 @@ class Model:
     def gone(self) -> list[int]:
         return sorted((self.ours | self.theirs) - set(self.streams))
 
+    def _drop(self, stream: int) -> None:
+        if not self.streams.pop(stream).taken:
+            self.gone_untaken.add(stream)
+
     def _protocol_error(self) -> None:
         self.out.append(GO_AWAY_PROTOCOL)
         self._end(PROTOCOL_ERROR, False)
@@ -1034,6 +1046,7 @@ class Model:
     def _end(self, code: int, by_peer: bool) -> None:
         self.failed = True
         self.streams.clear()
+        self.gone_untaken.clear()
         self.events.append(("SessionFailed", code, by_peer))
 
     # the peer's frames
@@ -1083,7 +1096,7 @@ class Model:
                 return self._protocol_error()
             self.theirs.add(stream)
             self.peer_next = stream + 2
-            pending = sum(not s.taken for s in self.streams.values())
+            pending = sum(not s.taken for s in self.streams.values()) + len(self.gone_untaken)
             if (
                 self.local_go_away
                 or len(self.streams) >= self.max_streams
@@ -1116,13 +1129,13 @@ class Model:
             s.unread += f.length
             self.events.append(("Data", stream, f.payload))
         if f.flags & RST:
-            del self.streams[stream]
+            self._drop(stream)
             self.events.append(("Reset", stream, True))
         elif f.flags & FIN and not s.remote_fin:
             s.remote_fin = True
             self.events.append(("Eof", stream))
             if s.local_fin:
-                del self.streams[stream]
+                self._drop(stream)
         return None
 
     # this side's commands (None: MuxError expected)
@@ -1177,18 +1190,19 @@ class Model:
         s.local_fin = True
         self.out.append(F(WINDOW_UPDATE, FIN, stream, 0))
         if s.remote_fin:
-            del self.streams[stream]
+            self._drop(stream)
 
     def reset(self, stream: int) -> None:
         if self.failed or stream not in self.streams:
             return
-        del self.streams[stream]
+        self._drop(stream)
         self.out.append(F(WINDOW_UPDATE, RST, stream, 0))
         self.events.append(("Reset", stream, False))
 
     def take(self, stream: int) -> None:
         if stream in self.streams:
             self.streams[stream].taken = True
+        self.gone_untaken.discard(stream)
 
     def ping(self) -> int | None:
         if self.failed:

@@ -681,6 +681,31 @@ async def test_backlog_resets_streams_the_server_does_not_accept() -> None:
         assert await reader.readexactly(2) == b"ok"
 
 
+async def test_streams_reset_before_they_are_accepted_keep_their_place_in_the_backlog() -> None:
+    # A peer that opens and resets streams at once cannot queue more than the
+    # backlog for an application that does not accept (each ended stream is
+    # still handed out, until then it holds its place).
+    async with mux_pair(server_options={"backlog": 3}) as pair, asyncio.timeout(30):
+        for _ in range(3):
+            _, writer = await pair.client.open_stream()
+            writer.transport.abort()
+        await pair.client.ping()  # a barrier: the server saw the opens and resets
+        refused = [await pair.client.open_stream() for _ in range(2)]
+        for reader, writer in refused:
+            writer.write(b"x")
+            async with asyncio.timeout(5):
+                with pytest.raises(ConnectionResetError):
+                    await reader.read()
+        for _ in range(3):
+            peer_reader, _ = await pair.server.accept()
+            with pytest.raises(ConnectionResetError):
+                await peer_reader.read()
+        # taken: the backlog has room again
+        (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        peer_writer.write(b"ok")
+        assert await reader.readexactly(2) == b"ok"
+
+
 async def test_go_away_refuses_new_streams_and_existing_ones_finish() -> None:
     async with mux_pair() as pair, asyncio.timeout(30):
         (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)

@@ -28,8 +28,9 @@ Decided here too:
 
 * **Limits.** ``max_streams`` open streams (a SYN beyond it is answered with
   RST; :meth:`Machine.open_stream` raises :class:`MuxError`), ``backlog``
-  streams opened by the peer and not yet taken by the application (beyond:
-  RST), ``window`` (the receive window this side grants, at least 256 KiB).
+  streams opened by the peer and not yet taken by the application, even if
+  they ended since (beyond: RST), ``window`` (the receive window this side
+  grants, at least 256 KiB).
 * **Protocol errors** (the session fails: Go Away with code 1, every stream
   reset, :class:`SessionFailed`): an unknown version or type, a SYN with the
   wrong parity or an id already used, data beyond the receive window, data
@@ -263,7 +264,8 @@ class Machine:
         self.streams: dict[int, _Stream] = {}
         self._next_id = 1 if client else 2
         self._peer_max_id = 0  # the largest id the peer opened
-        self._pending = 0  # opened by the peer, not yet taken
+        self._pending = 0  # opened by the peer, not yet taken (gone or not)
+        self._gone_untaken: set[int] = set()  # ended before the application took them
         self._out: list[bytes | memoryview] = []
         self._events: list[Event] = []
         self._buffer = bytearray()
@@ -498,7 +500,10 @@ class Machine:
     def _forget(self, stream: int, state: _Stream) -> None:
         del self.streams[stream]
         if not state.taken:
-            self._pending -= 1
+            # It keeps its place in the backlog until taken: the shell holds it for
+            # accept() (an ended stream is still handed out), so a peer that opens
+            # and resets streams at once cannot queue more than the backlog.
+            self._gone_untaken.add(stream)
 
     def _fail(self, reason: str) -> None:
         self._out.append(header(_GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
@@ -508,6 +513,7 @@ class Machine:
         self.failed = failed
         self.streams.clear()
         self._pending = 0
+        self._gone_untaken.clear()
         self._buffer = bytearray()  # rebound, not cleared: a parse may hold a view of it
         self._frame = None
         self._events.append(failed)
@@ -559,10 +565,18 @@ class Machine:
         return stream
 
     def take(self, stream: int) -> None:
-        """The application took ``stream`` (the peer opened it): out of the backlog."""
+        """The application took ``stream`` (the peer opened it): out of the backlog.
+
+        A stream that ended before it was taken stays in the backlog until this
+        call: the shell still hands it out (reset, or ended), and the peer cannot
+        queue more than ``backlog`` of them by opening and resetting streams.
+        """
         state = self.streams.get(stream)
         if state is not None and not state.taken:
             state.taken = True
+            self._pending -= 1
+        elif stream in self._gone_untaken:
+            self._gone_untaken.discard(stream)
             self._pending -= 1
 
     def send_window(self, stream: int) -> int:

@@ -798,6 +798,27 @@ async def test_session_close_ends_every_stream_with_an_error(closing: str) -> No
                 await session.ping()
 
 
+@pytest.mark.parametrize("closing", ["this side", "the peer"])
+async def test_a_stream_ended_both_ways_keeps_its_bytes_and_eof_when_the_session_ends(
+    closing: str,
+) -> None:
+    # Both FINs crossed before the session ended: the stream was over, and every
+    # byte the reader has not read yet (more than its limit: some held back)
+    # still comes, then a clean EOF, not the session's end as an error.
+    reply = payload(0, 200 * KiB)
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        writer.write_eof()
+        assert await peer_reader.read() == b""
+        peer_writer.write(reply)
+        peer_writer.write_eof()
+        await pair.server.ping()  # a barrier: the client has the reply and the FIN
+        await (pair.client if closing == "this side" else pair.server).close()
+        assert await digest_to_eof(reader) == digest(reply)
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_the_websocket_dropping_errors_every_stream() -> None:
     async with mux_pair() as pair, asyncio.timeout(30):
         ends: list[StreamPair] = []

@@ -284,6 +284,11 @@ class MuxTransport(asyncio.Transport):
             self.close()
         self._maybe_done()
 
+    def _over(self) -> bool:
+        """Both FINs crossed: the stream ended cleanly, and the session's end changes
+        nothing for it (what its reader has not read yet still comes, then EOF)."""
+        return self._fin_sent and self._eof_received
+
     def _maybe_done(self) -> None:
         # As a TCP transport: ended both ways, it stays open (drain() works)
         # until close(); then it is gone once the FINs crossed.
@@ -446,7 +451,10 @@ class Session:
         if event.code != 2 or event.by_peer:
             logger.warning("mux session ended: %s", event.reason)
         for transport in list(self._transports.values()):
-            transport._connection_lost(ConnectionAbortedError(f"mux session ended: {event.reason}"))
+            if not transport._over():
+                transport._connection_lost(
+                    ConnectionAbortedError(f"mux session ended: {event.reason}")
+                )
         for future, _ in self._pings.values():
             if not future.done():
                 future.set_exception(MuxError(f"the session ended: {event.reason}"))
@@ -675,8 +683,9 @@ class Session:
         if self.machine.failed is None:
             self.go_away()
             for stream, transport in list(self._transports.items()):
-                self._reset(stream)
-                transport._connection_lost(ConnectionAbortedError("the mux session was closed"))
+                if not transport._over():
+                    self._reset(stream)
+                    transport._connection_lost(ConnectionAbortedError("the mux session was closed"))
             self.machine.lost("the session was closed")
             self._process()
         self._flusher.cancel()

@@ -394,6 +394,45 @@ async def test_a_closed_stream_whose_peer_never_closes_is_reset_after_the_close_
             await until(lambda: stream not in pair.server.machine.streams)
 
 
+async def test_close_waits_while_a_slow_peer_takes_the_buffered_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() sends what is buffered, then FIN: a peer that keeps reading, however
+    slowly, gets every byte and a clean EOF, even when that takes longer than the
+    close timeout (shortened here to 0.3 s); the writer's wait_closed() is clean."""
+    monkeypatch.setattr(mux_asyncio, "CLOSE_TIMEOUT", 0.3)
+    data = payload(0, 1 * MiB)  # four windows
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (_, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        writer.write(data)
+        writer.close()
+        received = bytearray()
+        while chunk := await peer_reader.read(16 * KiB):
+            received += chunk
+            await asyncio.sleep(0.01)  # about 1.3 s for all of it
+        assert digest(received) == digest(data)
+        peer_writer.close()
+        await writer.wait_closed()
+
+
+async def test_close_resets_after_the_timeout_when_the_peer_takes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that takes none of the bytes buffered at close() for the close timeout
+    gets an RST, and the writer learns the bytes were not delivered (not a clean
+    end): wait_closed() raises TimeoutError."""
+    monkeypatch.setattr(mux_asyncio, "CLOSE_TIMEOUT", 0.3)
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (_, writer), (peer_reader, _) = await opened_pair(pair.client, pair.server)
+        writer.write(payload(0, 1 * MiB))
+        writer.close()
+        with pytest.raises(TimeoutError, match="close"):
+            await writer.wait_closed()
+        with pytest.raises(ConnectionResetError):
+            while await peer_reader.read(64 * KiB):
+                pass
+
+
 @pytest.mark.parametrize("aborting", ["client", "server"])
 async def test_abort_makes_the_peer_reader_raise_connection_reset(aborting: str) -> None:
     async with mux_pair() as pair, asyncio.timeout(30):

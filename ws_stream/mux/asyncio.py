@@ -100,6 +100,7 @@ class MuxTransport(asyncio.Transport):
         self._high = _WRITE_HIGH
         self._low = _WRITE_HIGH // 4
         self._close_timer: asyncio.TimerHandle | None = None
+        self._close_left = 0  # bytes still buffered when the close timer was armed
 
     # asyncio.BaseTransport
 
@@ -121,7 +122,13 @@ class MuxTransport(asyncio.Transport):
         return self._closing or self._lost
 
     def close(self) -> None:
-        """Send what is buffered, then FIN; bytes that still arrive reset the stream (as TCP)."""
+        """Send what is buffered, then FIN; bytes that still arrive reset the stream (as TCP).
+
+        Bounded by ``CLOSE_TIMEOUT`` (10 s): a peer that takes none of the
+        buffered bytes for that long, or does not answer the FIN with its own
+        within it, gets an RST. The first case is reported to the protocol as a
+        ``TimeoutError`` (bytes were not delivered); the second as a clean end.
+        """
         if self._closing or self._lost:
             return
         self._closing = True
@@ -129,8 +136,31 @@ class MuxTransport(asyncio.Transport):
         self._session.machine.stop_reading(self.stream)  # later bytes reset it
         self.write_eof()
         self._maybe_done()  # both FINs crossed already: gone now
-        if not self._lost:
-            self._close_timer = self._session._loop.call_later(CLOSE_TIMEOUT, self.abort)
+        if not self._lost and self._close_timer is None:
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_left = self._pending_size
+        self._close_timer = self._session._loop.call_later(CLOSE_TIMEOUT, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if self._lost:
+            return
+        if self._fin_sent:
+            self.abort()  # everything was sent; the peer never answered the FIN
+        elif self._pending_size < self._close_left:
+            self._arm_close_timer()  # the peer is taking the bytes: wait on
+        else:
+            self._session._reset(self.stream)
+            self._connection_lost(
+                TimeoutError(
+                    f"mux stream {self.stream} was reset: the peer took none of the "
+                    f"{self._pending_size} bytes left after close() in {CLOSE_TIMEOUT:g} s"
+                )
+            )
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -253,6 +283,8 @@ class MuxTransport(asyncio.Transport):
         self._fin_sent = True
         self._session._close_stream(self.stream)
         self._maybe_done()
+        if self._closing and not self._lost:
+            self._arm_close_timer()  # the peer's FIN has CLOSE_TIMEOUT from now
 
     def _data(self, data: bytes) -> None:
         if self._paused or self._received:

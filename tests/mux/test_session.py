@@ -394,6 +394,22 @@ async def test_a_closed_stream_whose_peer_never_closes_is_reset_after_the_close_
             await until(lambda: stream not in pair.server.machine.streams)
 
 
+@pytest.mark.parametrize("held", [1000, 200 * KiB], ids=["in the reader", "held back too"])
+async def test_close_with_bytes_unread_resets_the_stream(held: int) -> None:
+    """As TCP: closing a stream whose reader has bytes it never read is an RST, so
+    the peer learns they were not read (not a clean EOF)."""
+    async with mux_pair() as pair, asyncio.timeout(30):
+        (_, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)
+        peer_writer.write(payload(0, held))
+        await pair.server.ping()  # a barrier: the client has the bytes
+        writer.close()
+        with pytest.raises(ConnectionResetError):
+            await peer_reader.read()
+        with pytest.raises(ConnectionResetError):
+            peer_writer.write(b"more")
+            await peer_writer.drain()
+
+
 async def test_close_waits_while_a_slow_peer_takes_the_buffered_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

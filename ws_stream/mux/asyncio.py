@@ -101,6 +101,8 @@ class MuxTransport(asyncio.Transport):
         self._low = _WRITE_HIGH // 4
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_left = 0  # bytes still buffered when the close timer was armed
+        #: The reader the session made for the stream, while it is the one fed.
+        self._reader: ChunkedStreamReader | None = None
 
     # asyncio.BaseTransport
 
@@ -124,6 +126,10 @@ class MuxTransport(asyncio.Transport):
     def close(self) -> None:
         """Send what is buffered, then FIN; bytes that still arrive reset the stream (as TCP).
 
+        As TCP too, a stream closed with received bytes its reader has not read
+        is reset at once (RST, what is buffered either way is dropped): the peer
+        learns they were not read.
+
         Bounded by ``CLOSE_TIMEOUT`` (10 s): a peer that takes none of the
         buffered bytes for that long, or does not answer the FIN with its own
         within it, gets an RST. The first case is reported to the protocol as a
@@ -131,8 +137,11 @@ class MuxTransport(asyncio.Transport):
         """
         if self._closing or self._lost:
             return
+        reader = self._reader
+        if self._received or (reader is not None and reader.buffered):
+            self.abort()
+            return
         self._closing = True
-        self._received.clear()
         self._session.machine.stop_reading(self.stream)  # later bytes reset it
         self.write_eof()
         self._maybe_done()  # both FINs crossed already: gone now
@@ -163,6 +172,8 @@ class MuxTransport(asyncio.Transport):
             )
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        if protocol is not self._protocol:
+            self._reader = None  # another protocol reads now (start_tls...)
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
@@ -609,6 +620,7 @@ class Session:
         reader = ChunkedStreamReader(self._limit, self._loop)  # keeps chunks: fewer copies
         protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
         transport = MuxTransport(self, stream, protocol)
+        transport._reader = reader
         self._transports[stream] = transport
         protocol.connection_made(transport)
         writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import subprocess
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -153,6 +155,163 @@ async def test_the_session_lost_breaks_every_stream(nursery: trio.Nursery) -> No
                     pass
         with pytest.raises(MuxError):
             await client.accept()
+
+
+async def test_a_stream_ended_both_ways_keeps_its_unread_bytes_when_the_session_ends(
+    nursery: trio.Nursery,
+) -> None:
+    """Both FINs crossed before the session ended: the stream was over, so its
+    reader gets every byte, then EOF, not the session's failure."""
+    client_ws, server_ws = await sessions(nursery)
+    async with open_session(client_ws, client=True) as client:
+        async with open_session(server_ws, client=False) as server:
+            stream = await client.open_stream()
+            await stream.send_eof()
+            peer = await server.accept()
+            with trio.fail_after(5):
+                assert await peer.receive_some() == b""
+                await peer.send_all(b"reply")
+                await peer.send_eof()
+                while stream.stream in client.machine.streams:  # the peer's FIN arrived
+                    await trio.sleep(0.01)
+            await trio.aclose_forcefully(server_ws)  # then the session ends
+        with trio.fail_after(5):
+            while client.error is None:
+                await trio.sleep(0.01)
+            assert await stream.receive_some() == b"reply"
+            assert await stream.receive_some() == b""
+
+
+async def test_a_session_keeps_no_stream_that_ended(nursery: trio.Nursery) -> None:
+    """Streams closed both ways (either FIN first) or reset (by either side) are
+    not kept by their session: nothing grows over a long-lived session."""
+    client_ws, server_ws = await sessions(nursery)
+    gone: list[weakref.ref[MuxStream]] = []
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+        with trio.fail_after(5):
+            for how in ("our FIN first", "their FIN first", "we reset", "they reset"):
+                stream = await client.open_stream()
+                await stream.send_all(b"x")
+                peer = await server.accept()
+                assert await peer.receive_some() == b"x"
+                if how == "our FIN first":
+                    await stream.send_eof()
+                    assert await peer.receive_some() == b""
+                    await peer.aclose()
+                    assert await stream.receive_some() == b""
+                elif how == "their FIN first":
+                    await peer.send_eof()
+                    assert await stream.receive_some() == b""
+                    await stream.send_eof()
+                    assert await peer.receive_some() == b""
+                    await peer.aclose()
+                elif how == "we reset":
+                    await stream.reset()
+                    with pytest.raises(trio.BrokenResourceError):
+                        await peer.receive_some()
+                else:
+                    await peer.reset()
+                    with pytest.raises(trio.BrokenResourceError):
+                        await stream.receive_some()
+                await stream.aclose()
+                gone += [weakref.ref(stream), weakref.ref(peer)]
+                del stream, peer
+            await client.ping()  # every frame of the streams crossed both ways
+            await server.ping()
+        gc.collect()
+        assert [ref() for ref in gone] == [None] * len(gone)
+
+
+async def test_a_local_reset_wakes_the_tasks_waiting_on_the_stream(nursery: trio.Nursery) -> None:
+    async with one_stream(nursery, b"x") as (_, stream, _peer):
+        # The peer reads no more: one window, then the sender waits.
+
+        async def receive() -> None:
+            with trio.fail_after(2), pytest.raises(trio.BrokenResourceError, match="reset"):
+                await stream.receive_some()
+
+        async def send() -> None:
+            with trio.fail_after(2), pytest.raises(trio.BrokenResourceError, match="reset"):
+                await stream.send_all(b"y" * (1024 * 1024))
+
+        async with trio.open_nursery() as waiters:
+            waiters.start_soon(receive)
+            waiters.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            await stream.reset()
+        with pytest.raises(trio.BrokenResourceError, match="reset"):
+            await stream.receive_some()
+
+
+async def test_after_the_session_block_every_call_fails_at_once(nursery: trio.Nursery) -> None:
+    """open_session's block exited: the session is over; tasks that wait wake,
+    later calls fail with the documented errors instead of waiting forever."""
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        trio.open_nursery() as waiters,
+        open_session(server_ws, client=False) as server,
+    ):
+        async with open_session(client_ws, client=True) as client:
+            stream = await client.open_stream()
+            await stream.send_all(b"x")
+            peer = await server.accept()
+            assert await peer.receive_some() == b"x"
+
+            async def receive() -> None:
+                with trio.fail_after(2), pytest.raises(trio.BrokenResourceError):
+                    await stream.receive_some()
+
+            async def accept() -> None:
+                with trio.fail_after(2), pytest.raises(MuxError):
+                    await client.accept()
+
+            waiters.start_soon(receive)
+            waiters.start_soon(accept)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+        assert client.error is not None
+        with trio.fail_after(2):
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.receive_some()
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.send_all(b"z")
+            with pytest.raises(MuxError):
+                await client.accept()
+            async for _ in client:
+                pytest.fail("a stream after the session ended")
+            with pytest.raises(MuxError):
+                await client.ping(timeout=1)
+            with pytest.raises(trio.BrokenResourceError, match="reset"):
+                await peer.receive_some()  # the peer learns it too
+
+
+async def test_accept_ends_when_the_peer_goes_away_after_the_streams_queued(
+    nursery: trio.Nursery,
+) -> None:
+    """As the asyncio shell: the streams the peer opened before its Go Away are
+    handed out, then accept() raises MuxError and ``async for`` ends."""
+    client_ws, server_ws = await sessions(nursery)
+    async with (
+        open_session(client_ws, client=True) as client,
+        open_session(server_ws, client=False) as server,
+    ):
+        accepted: list[int] = []
+
+        async def accept_all() -> None:
+            async for stream in server:
+                accepted.append(stream.stream)
+
+        with trio.fail_after(2):
+            async with trio.open_nursery() as acceptors:
+                acceptors.start_soon(accept_all)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                opened = [(await client.open_stream()).stream for _ in range(2)]
+                client.go_away()
+            with pytest.raises(MuxError, match="went away"):
+                await server.accept()
+        assert accepted == opened
 
 
 async def test_a_trio_client_through_ws_stream_serve_mux(nursery: trio.Nursery) -> None:

@@ -23,7 +23,6 @@ decides everything; this shell only moves bytes and wakes tasks:
 from __future__ import annotations
 
 import contextlib
-import math
 import operator
 from collections import deque
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from ._machine import (
     DEFAULT_WINDOW,
     Data,
     Eof,
+    GoneAway,
     Machine,
     MuxError,
     Opened,
@@ -53,14 +53,22 @@ _READ_SIZE: Final = 256 * 1024
 _RECEIVE_SIZE: Final = 64 * 1024
 
 
+def _reset_error(stream: int) -> ConnectionResetError:
+    return ConnectionResetError(f"mux stream {stream} was reset")
+
+
 class MuxStream(trio.abc.HalfCloseableStream):
     """One yamux stream as a trio stream.
 
     ``send_all`` raises :exc:`trio.BrokenResourceError` once the stream was
-    reset or the session ended (the cause chained), ``ClosedResourceError``
-    after :meth:`aclose` or, for sends, :meth:`send_eof`. ``receive_some``
-    returns ``b""`` after the peer's FIN, and raises ``BrokenResourceError``
-    on a reset, never a clean EOF.
+    reset (by either side, :meth:`reset` included) or the session ended (the
+    cause chained), ``ClosedResourceError`` after :meth:`aclose` or, for
+    sends, :meth:`send_eof`. ``receive_some`` returns the bytes received,
+    then ``b""`` after the peer's FIN, and raises ``BrokenResourceError`` on a
+    reset, never a clean EOF; a stream closed both ways (both FINs crossed)
+    is over, and its unread bytes and EOF stay readable when the session
+    ends later. Tasks waiting in ``receive_some`` or ``send_all`` wake with
+    the same errors.
     """
 
     def __init__(self, session: Session, stream: int) -> None:
@@ -193,9 +201,16 @@ class MuxStream(trio.abc.HalfCloseableStream):
             await self._session._flushed()
 
     async def reset(self) -> None:
-        """Reset the stream (RST): both directions end at once."""
-        self._closed = True
+        """Reset the stream (RST): both directions end at once, unread bytes are dropped.
+
+        From then on (tasks waiting included) ``send_all`` and
+        ``receive_some`` raise :exc:`trio.BrokenResourceError` (the reset),
+        unless the stream was closed already (``ClosedResourceError``).
+        """
+        self._received.clear()
         self._session._reset(self.stream)
+        # Also when the session had forgotten the stream (ended both ways, or the session over).
+        self._end(_reset_error(self.stream))
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._session._flushed()
 
@@ -207,7 +222,8 @@ class Session:
         self._transport = transport
         self.machine = machine
         self._streams: dict[int, MuxStream] = {}
-        self._incoming_send, self._incoming = trio.open_memory_channel[MuxStream](math.inf)
+        self._accepted: deque[MuxStream] = deque()  # opened by the peer, not yet accepted
+        self._acceptable = trio.Event()  # set (and renewed) when accept() may go on
         self._pings: dict[int, tuple[trio.Event, float, list[float]]] = {}
         self._wake = trio.Event()
         self._written = 0  # output batches written
@@ -283,15 +299,19 @@ class Session:
                     stream._wake_writer()
             elif isinstance(event, Opened):
                 stream = self._streams[event.stream] = MuxStream(self, event.stream)
-                self._incoming_send.send_nowait(stream)
+                self._accepted.append(stream)
+                self._wake_acceptors()
             elif isinstance(event, Eof):
                 stream = self._streams.get(event.stream)
                 if stream is not None:
                     stream._end(None)
+                    if event.stream not in self.machine.streams:
+                        # Closed both ways: over, whatever happens to the session later.
+                        del self._streams[event.stream]
             elif isinstance(event, Reset):
                 stream = self._streams.pop(event.stream, None)
                 if stream is not None:
-                    stream._end(ConnectionResetError(f"mux stream {event.stream} was reset"))
+                    stream._end(_reset_error(event.stream))
             elif isinstance(event, Pong):
                 waiter = self._pings.pop(event.opaque, None)
                 if waiter is not None:
@@ -305,10 +325,17 @@ class Session:
                 self._streams.clear()
                 for waiter in self._pings.values():
                     waiter[0].set()
-                self._incoming_send.close()
+                self._wake_acceptors()
                 self._wake_flushed()
                 self._wake.set()
+            elif isinstance(event, GoneAway):
+                self._wake_acceptors()  # no new streams: accept() ends once none is queued
         self._output()
+
+    def _wake_acceptors(self) -> None:
+        # Every waiter waits on the current event: set it, then make the next.
+        self._acceptable.set()
+        self._acceptable = trio.Event()
 
     def _consumed(self, stream: int, count: int) -> None:
         self.machine.consumed(stream, count)
@@ -333,9 +360,7 @@ class Session:
 
     def _reset(self, stream: int) -> None:
         self.machine.reset_stream(stream)
-        self.machine.events()  # its own Reset
-        self._streams.pop(stream, None)
-        self._output()
+        self._process()  # its own Reset: the stream's waiting tasks wake
 
     def _send_data(self, stream: int, data: memoryview) -> int:
         sent = self.machine.send(stream, data)
@@ -357,16 +382,18 @@ class Session:
         return stream
 
     async def accept(self) -> MuxStream:
-        """The next stream the peer opens.
+        """The next stream the peer opens (those it opened before going away first).
 
         Raises:
-            MuxError: the session ended with no stream waiting.
+            MuxError: the session ended (or the peer went away) with no stream waiting.
         """
-        try:
-            stream = await self._incoming.receive()
-        except trio.EndOfChannel:
-            reason = self.error.reason if self.error else "the session ended"
-            raise MuxError(f"no more streams: {reason}") from None
+        await trio.lowlevel.checkpoint()
+        while not self._accepted:
+            if self.machine.failed is not None or self.machine.remote_go_away:
+                reason = self.error.reason if self.error else "the peer went away"
+                raise MuxError(f"no more streams: {reason}")
+            await self._acceptable.wait()
+        stream = self._accepted.popleft()
         self.machine.take(stream.stream)
         return stream
 
@@ -416,8 +443,10 @@ async def open_session(
 
     ``client``, ``window``, ``max_streams`` and ``backlog`` as in
     :func:`ws_stream.mux.open_session`. On exit, the session goes away, its
-    streams are reset, and its tasks end; ``transport`` stays open (close it
-    yourself).
+    open streams are reset (their tasks wake with ``BrokenResourceError``),
+    it ends (``session.error`` says "the session was closed"; ``accept()``,
+    ``open_stream()`` and ``ping()`` raise :exc:`MuxError`), and its tasks
+    end; ``transport`` stays open (close it yourself).
     """
     session = Session(
         transport, Machine(client=client, window=window, max_streams=max_streams, backlog=backlog)
@@ -433,9 +462,10 @@ async def open_session(
                 session.go_away()
                 for stream_id in list(session.machine.streams):
                     session.machine.reset_stream(stream_id)
-                session.machine.events()
-                session._output()
+                session._process()  # their Resets wake their tasks
                 with trio.move_on_after(5) as scope:
                     scope.shield = True
                     await session._flushed()
+                session.machine.lost("the session was closed")
+                session._process()  # pings and accept() waiting wake
             nursery.cancel_scope.cancel()

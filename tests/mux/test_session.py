@@ -761,6 +761,30 @@ async def test_streams_reset_before_they_are_accepted_keep_their_place_in_the_ba
         assert await reader.readexactly(2) == b"ok"
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_an_on_stream_callback_that_raises_resets_that_stream_only(tls: bool) -> None:
+    """A plain (not async) callback that raises: its stream is reset and the error
+    logged, as for an async one; the session and its other streams go on."""
+    calls = 0
+
+    def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a broken callback")
+        writer.write(b"ok")
+
+    async with mux_pair(on_stream=on_stream, tls=tls) as pair, asyncio.timeout(10):  # type: ignore[arg-type]
+        first_reader, first_writer = await pair.client.open_stream()
+        first_writer.write(b"?")
+        with pytest.raises(ConnectionResetError):
+            await first_reader.read()
+        reader, _ = await pair.client.open_stream()
+        assert await reader.readexactly(2) == b"ok"
+        assert 0 < await pair.client.ping() < 5
+        assert pair.server.error is None and pair.client.error is None
+
+
 async def test_go_away_refuses_new_streams_and_existing_ones_finish() -> None:
     async with mux_pair() as pair, asyncio.timeout(30):
         (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)

@@ -445,6 +445,9 @@ class Session:
                 self._received(data)
         except (ConnectionError, OSError) as exc:
             self._lost(exc)
+        except Exception as exc:  # a defect: the session ends, never hangs
+            logger.exception("mux session: reading the byte stream under it failed")
+            self._lost(exc)
         except asyncio.CancelledError:
             self.machine.lost("the session was closed")
             self._process()
@@ -630,7 +633,13 @@ class Session:
         pair = self._pair(stream)
         if self._on_stream is not None:
             self.machine.take(stream)
-            result = self._on_stream(*pair)
+            try:
+                result = self._on_stream(*pair)
+            except Exception:
+                # As for an async callback: logged; only its stream ends (reset).
+                logger.exception("on_stream raised: mux stream %d is reset", stream)
+                pair[1].transport.abort()
+                return
             if asyncio.iscoroutine(result):
                 task = self._loop.create_task(result)
                 self._tasks.add(task)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from ws_stream.mux._machine import (
+    MAX_BLOCKED_ANSWERS,
     Acked,
     Data,
     Eof,
@@ -370,6 +371,43 @@ def test_our_ping_and_its_pong() -> None:
     assert written(m) == [F(PING, SYN, 0, first), F(PING, SYN, 0, second)]
     assert ev(feed(m, ping(second, ACK), ping(first, ACK))) == ev([Pong(second), Pong(first)])
     assert written(m) == []
+
+
+@pytest.mark.parametrize("provoke", ["pings", "refused opens"])
+def test_answers_a_peer_provokes_while_it_does_not_read_are_bounded(provoke: str) -> None:
+    # While the byte stream under the session is backed up (the shell says so), a
+    # peer that pings or opens refused streams without reading the answers makes
+    # them pile up: past MAX_BLOCKED_ANSWERS the session fails instead.
+    m = server(backlog=1)
+    peer_opens(m, 1)
+    written(m)
+    m.output_blocked = True
+    frames = (
+        [ping(i) for i in range(MAX_BLOCKED_ANSWERS + 1)]
+        if provoke == "pings"
+        else [update(3 + 2 * i, 0, SYN) for i in range(MAX_BLOCKED_ANSWERS + 1)]
+    )
+    events = feed(m, *frames[:-1])
+    assert not any(isinstance(e, SessionFailed) for e in events)
+    assert len(written(m)) == MAX_BLOCKED_ANSWERS  # (written: not sent, the shell holds them)
+    events = feed(m, frames[-1])
+    assert [e for e in events if isinstance(e, SessionFailed)] == [
+        SessionFailed(PROTOCOL_ERROR, m.failed.reason if m.failed else "", False)
+    ]
+    assert m.failed is not None and "without reading" in m.failed.reason
+    assert written(m)[-1] == F(GO_AWAY, 0, 0, PROTOCOL_ERROR)
+
+
+def test_a_peer_whose_answers_leave_may_ping_without_end() -> None:
+    m = server()
+    for _ in range(3):
+        m.output_blocked = True
+        feed(m, *[ping(i) for i in range(MAX_BLOCKED_ANSWERS)])
+        m.output_blocked = False  # the answers left: the count starts again
+        feed(m, ping(0))
+        assert m.failed is None
+    feed(m, *[ping(i) for i in range(3 * MAX_BLOCKED_ANSWERS)])  # never blocked
+    assert m.failed is None
 
 
 def test_peer_go_away_normal() -> None:

@@ -16,10 +16,13 @@ import gc
 import hashlib
 import json
 import os
+import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import ws_stream
 from ws_stream import mux
@@ -280,3 +283,46 @@ async def test_unread_streams_fed_in_this_process_block_their_feeders() -> None:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             check_rss()
+
+
+@pytest.mark.parametrize("under", ["tcp", "websocket"])
+async def test_a_peer_that_pings_without_reading_ends_the_session(under: str) -> None:
+    """A peer that floods pings and never reads the pongs: once the byte stream under
+    the session is backed up, at most MAX_BLOCKED_ANSWERS pongs more are queued,
+    then the session fails (it buffered the pongs without bound before)."""
+    opened: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = await mux.open_session(reader, writer, client=False)
+        opened.set_result(session)
+        await session.wait_closed()
+
+    if under == "tcp":
+        server: Any = await asyncio.start_server(serve, "127.0.0.1", 0)
+    else:
+        server = await ws_stream.start_server(serve, "127.0.0.1", 0, ping_interval=None)
+    port = server.sockets[0].getsockname()[1]
+    pings = b"".join(struct.pack(">BBHII", 0, 2, 1, 0, i) for i in range(1000))
+    try:
+        async with asyncio.timeout(60):
+            if under == "tcp":
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            else:  # its reader is never read: the pongs stop at its limit
+                stream = await ws_stream.connect_stream(
+                    f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1
+                )
+                writer = stream.writer
+            session = await opened
+            sent = 0
+            while session.error is None:
+                assert sent < 2_000_000, "the session never failed"
+                writer.write(pings)
+                sent += 1000
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                await asyncio.sleep(0)
+            assert "without reading the answers" in session.error.reason
+            await session.wait_closed()
+            writer.transport.abort()
+    finally:
+        server.close()

@@ -6,6 +6,8 @@ import contextlib
 import gc
 import hashlib
 import os
+import socket
+import struct
 import subprocess
 import weakref
 from collections.abc import AsyncIterator
@@ -352,3 +354,31 @@ async def test_a_trio_client_through_ws_stream_serve_mux(nursery: trio.Nursery) 
     finally:
         serve.terminate()
         serve.wait(10)
+
+
+async def test_a_peer_that_pings_without_reading_ends_the_session() -> None:
+    """A peer that floods pings over TCP and never reads the pongs: once the send
+    under the session waits, at most MAX_BLOCKED_ANSWERS pongs more are queued,
+    then the session fails (it buffered them without bound before)."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    peer = await trio.open_tcp_stream("127.0.0.1", port)
+    under = await listener.accept()
+    under.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # it blocks sooner
+    pings = b"".join(struct.pack(">BBHII", 0, 2, 1, 0, i) for i in range(1000))
+
+    async def flood() -> None:
+        for _ in range(2000):
+            await peer.send_all(pings)
+
+    async with trio.open_nursery() as nursery:
+        async with open_session(under, client=False) as session:
+            nursery.start_soon(flood)
+            with trio.fail_after(20):
+                while session.error is None:
+                    await trio.sleep(0.01)
+            assert "without reading the answers" in session.error.reason
+        nursery.cancel_scope.cancel()
+    await peer.aclose()
+    await under.aclose()
+    await listener.aclose()

@@ -30,7 +30,10 @@ Decided here too:
   RST; :meth:`Machine.open_stream` raises :class:`MuxError`), ``backlog``
   streams opened by the peer and not yet taken by the application, even if
   they ended since (beyond: RST), ``window`` (the receive window this side
-  grants, at least 256 KiB).
+  grants, at least 256 KiB), and :data:`MAX_BLOCKED_ANSWERS` pongs and
+  refusals in a row queued while the shell says its output is backed up
+  (:attr:`Machine.output_blocked`): beyond, the session fails (a peer that
+  pings without reading would otherwise fill memory with answers).
 * **Protocol errors** (the session fails: Go Away with code 1, every stream
   reset, :class:`SessionFailed`): an unknown version or type, a SYN with the
   wrong parity or an id already used, data beyond the receive window, data
@@ -55,6 +58,7 @@ __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_WINDOW",
     "HEADER",
+    "MAX_BLOCKED_ANSWERS",
     "Acked",
     "Data",
     "Eof",
@@ -85,6 +89,10 @@ MAX_FRAME: Final = DEFAULT_WINDOW
 #: Longest wait, after a stream's close, for the peer's FIN; then the stream is
 #: reset (as TCP gives up on a peer that never closes), freeing its slot.
 CLOSE_TIMEOUT: Final = 10.0
+#: Answers the peer provokes (a pong per ping, an RST per refused open) while the
+#: byte stream under the session is backed up: past this many in a row, the peer
+#: is not reading them, and the session fails rather than buffer them without end.
+MAX_BLOCKED_ANSWERS: Final = 4096
 _MAX_U32: Final = 2**32 - 1
 _VERSION: Final = 0
 
@@ -274,6 +282,10 @@ class Machine:
         self.local_go_away = False
         self.remote_go_away = False
         self.failed: SessionFailed | None = None
+        #: Set by the shell: the byte stream under the session is backed up (its
+        #: writes wait). Answers queued meanwhile are counted (MAX_BLOCKED_ANSWERS).
+        self.output_blocked = False
+        self._blocked_answers = 0
 
     # Input
 
@@ -380,8 +392,8 @@ class Machine:
             if stream != 0:
                 self._fail(f"a ping on stream {stream} (pings use stream 0)")
             elif flags & _SYN:
-                self._out.append(header(_PING, _ACK, 0, length))
                 self._events.append(Pinged(length))
+                self._answer(header(_PING, _ACK, 0, length))
             elif flags & _ACK:
                 self._events.append(Pong(length))
         elif type_ == _GO_AWAY:
@@ -413,7 +425,7 @@ class Machine:
             or len(self.streams) >= self.max_streams
             or self._pending >= self.backlog
         ):
-            self._out.append(header(_WINDOW_UPDATE, _RST, stream, 0))
+            self._answer(header(_WINDOW_UPDATE, _RST, stream, 0))
             return None
         state = _Stream(DEFAULT_WINDOW, DEFAULT_WINDOW, acked=True, taken=False)
         self.streams[stream] = state
@@ -504,6 +516,19 @@ class Machine:
             # accept() (an ended stream is still handed out), so a peer that opens
             # and resets streams at once cannot queue more than the backlog.
             self._gone_untaken.add(stream)
+
+    def _answer(self, frame: bytes) -> None:
+        """Queue a frame the peer's own frame calls for; bounded while output is blocked."""
+        self._out.append(frame)
+        if not self.output_blocked:
+            self._blocked_answers = 0
+            return
+        self._blocked_answers += 1
+        if self._blocked_answers > MAX_BLOCKED_ANSWERS:
+            self._fail(
+                f"the peer sent more than {MAX_BLOCKED_ANSWERS} pings or refused opens "
+                "without reading the answers"
+            )
 
     def _fail(self, reason: str) -> None:
         self._out.append(header(_GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))

@@ -421,6 +421,7 @@ class Session:
         self._reading = self._loop.create_task(self._read())
 
     def _received(self, data: bytes | bytearray | memoryview) -> None:
+        self.machine.output_blocked = not self._can_write()  # bounds the answers queued
         self.machine.receive_data(data)
         self._process()
 

@@ -260,7 +260,9 @@ class Session:
                     continue
                 out, self._out = self._out, []
                 batch = self._queued
+                self.machine.output_blocked = True  # what comes meanwhile waits
                 await self._transport.send_all(b"".join(out))
+                self.machine.output_blocked = False
                 self._written = batch
                 self._wake_flushed()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -382,3 +382,20 @@ async def test_a_peer_that_pings_without_reading_ends_the_session() -> None:
     await peer.aclose()
     await under.aclose()
     await listener.aclose()
+
+
+async def test_a_ping_that_times_out_leaves_nothing_behind() -> None:
+    """A peer that never answers pings: each ping raises TooSlowError, and keeps no
+    entry in the session (a long-lived session pinging a dead peer grew)."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    peer = await trio.open_tcp_stream("127.0.0.1", port)  # reads nothing, answers nothing
+    under = await listener.accept()
+    async with open_session(under, client=True) as session:
+        for _ in range(20):
+            with pytest.raises(trio.TooSlowError):
+                await session.ping(timeout=0.01)
+        assert session._pings == {}
+    await peer.aclose()
+    await under.aclose()
+    await listener.aclose()

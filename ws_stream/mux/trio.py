@@ -420,8 +420,11 @@ class Session:
         event, result = trio.Event(), list[float]()
         self._pings[opaque] = (event, trio.current_time(), result)
         self._output()
-        with trio.fail_after(timeout):
-            await event.wait()
+        try:
+            with trio.fail_after(timeout):
+                await event.wait()
+        finally:
+            self._pings.pop(opaque, None)  # answered, ended, timed out or cancelled
         if not result:
             raise MuxError(f"the session ended: {self.error.reason if self.error else ''}")
         return result[0]

@@ -494,6 +494,13 @@ class Engine:
             logger.info("the peer violated the protocol: %s", self.policy.error)
             self._end(self.policy.error)
 
+    def front_end_answered(self, close: Close) -> None:
+        """A message front end answered the peer's close itself with ``close`` (aiohttp
+        answers 1000, whatever the peer's code) instead of the echo websockets
+        queued (which the front end does not send): record what went out."""
+        if self.rcvd_then_sent:
+            self.sent = close
+
     def violation(self, code: int, reason: str) -> None:
         """A front end (ASGI, aiohttp) failed the connection itself, with ``code``, for a
         message it refused (too big, invalid) before the engine saw it: the reader ends

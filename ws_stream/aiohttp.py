@@ -13,6 +13,7 @@ answering the peer's close.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from .asyncio._messages import BYTES, CLOSE, PING, PONG, TEXT, Message
@@ -24,10 +25,14 @@ class AiohttpSocket:
     """An aiohttp WebSocket as whole messages (see ``MessageSocket``)."""
 
     name = "aiohttp"
+    own_verdicts = False  # a CLOSE message is always the peer's close frame
 
     def __init__(self, ws: Any, *, client: bool) -> None:
         self.ws = ws
         self.client = client  # a ClientWebSocketResponse (TLS inside: the client side)
+        #: The close code aiohttp answered the peer's close with (its ``close()``
+        #: with ``autoclose=True``: always 1000), None if it did not answer.
+        self.answered: int | None = None
 
     async def receive(self) -> Message:
         from aiohttp import WSMsgType
@@ -41,7 +46,10 @@ class AiohttpSocket:
             if kind is WSMsgType.TEXT:
                 return TEXT, message.data
             if kind is WSMsgType.CLOSE:
-                # aiohttp says 0 for a close frame without a code (1005).
+                # aiohttp says 0 for a close frame without a code (1005). With
+                # autoclose, it answered with its close(): code 1000.
+                if ws.closed:
+                    self.answered = 1000
                 return CLOSE, (int(message.data) or 1005, message.extra or "")
             if kind is WSMsgType.PING:  # autoping=False: the stream answers
                 return PING, bytes(message.data)
@@ -57,6 +65,24 @@ class AiohttpSocket:
         await self.ws.send_bytes(data)
 
     async def close(self, code: int, reason: str) -> None:
+        """Send our close frame with ``send_frame()``, not aiohttp's ``close()``: that
+        one reads on until the peer's close and discards every message meanwhile.
+        :meth:`receive` goes on; when the peer's close comes, aiohttp answers it
+        (autoclose: a second close frame, 1000, which the peer ignores after its
+        closing handshake) and ends the connection.
+
+        Raises:
+            ConnectionError: the connection is gone (aiohttp's own errors).
+        """
+        from aiohttp import WSMsgType
+
+        payload = struct.pack("!H", code) + reason.encode()
+        await self.ws.send_frame(payload, WSMsgType.CLOSE)
+
+    async def fail(self, code: int, reason: str) -> None:
+        """aiohttp's ``close()`` with ``code``: the close frame (unless one went out),
+        then aiohttp drops the connection after its own close timeout at the latest;
+        no clean close can follow."""
         await self.ws.close(code=code, message=reason.encode())
 
     async def pong(self, data: bytes) -> None:

@@ -13,6 +13,9 @@ from a lost connection (uvicorn reports both as 1005): ws_stream reads 1005 as
 a lost connection (``AbnormalClosureError``), never as a clean end. A
 disconnect with 1002, 1007 or 1009 (the server refused the peer's message:
 too big, invalid) ends the reader with ``ProtocolError`` of that code.
+After our close, the stream receives until ``websocket.disconnect``; uvicorn
+(websockets-sansio, wsproto) discards what arrives after the application's
+``websocket.close`` and reports the end at once, hypercorn delivers it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class AsgiSocket:
 
     name = "ASGI"
     client = False
+    # websocket.disconnect with 1002/1007/1009 may be the server's refusal of the
+    # peer's message (too big, invalid): ASGI does not say whose close it was.
+    own_verdicts = True
+    answered: int | None = None  # the server sends no close of its own
 
     def __init__(
         self, scope: Scope, receive: Receive, send: Send, subprotocol: str | None = None
@@ -66,7 +73,13 @@ class AsgiSocket:
         await self._send({"type": "websocket.send", "bytes": data})
 
     async def close(self, code: int, reason: str) -> None:
+        """Send ``websocket.close``; the server goes on delivering the peer's messages
+        until its ``websocket.disconnect``."""
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def fail(self, code: int, reason: str) -> None:
+        """``websocket.close`` with ``code`` (the application then stops receiving)."""
+        await self.close(code, reason)
 
     def extra(self) -> dict[str, Any]:
         scope = self.scope

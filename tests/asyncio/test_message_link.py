@@ -25,6 +25,8 @@ class HeldFrontEnd:
 
     name = "held"
     client = False
+    own_verdicts = True
+    answered: int | None = None
 
     def __init__(self) -> None:
         self.incoming: asyncio.Queue[Message] = asyncio.Queue()
@@ -33,6 +35,7 @@ class HeldFrontEnd:
         self.cleaned_up = 0
         self.receivers: list[asyncio.Task[Any] | None] = []  # the task of each receive()
         self.receives_cancelled = 0
+        self.failed: int | None = None  # the code of fail()
 
     async def receive(self) -> Message:
         self.receivers.append(asyncio.current_task())
@@ -50,7 +53,10 @@ class HeldFrontEnd:
             self.cleaned_up += 1
 
     async def close(self, code: int, reason: str) -> None:
-        pass
+        self.incoming.put_nowait((CLOSE, (code, reason)))  # the peer answers at once
+
+    async def fail(self, code: int, reason: str) -> None:
+        self.failed = code
 
     def extra(self) -> dict[str, Any]:
         return {}

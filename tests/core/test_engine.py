@@ -376,6 +376,26 @@ def test_close_frame_from_the_peer_is_eof_after_the_data(side: str) -> None:
     assert engine.read_error is None and engine.deadline == math.inf
 
 
+def test_a_front_ends_own_answer_to_the_peers_close_is_what_was_sent() -> None:
+    """aiohttp answers the peer's close with 1000 whatever its code: recorded as sent;
+    an answer after our own close changes nothing (ours went first)."""
+    engine, peer = make("server")
+    peer.read(engine)
+    engine.receive_data(peer.close(1002, "peer"), now=1.0)
+    peer.read(engine)
+    assert engine.sent == Close(1002, "peer")  # websockets' echo, not sent by aiohttp
+    engine.front_end_answered(Close(1000, ""))
+    assert engine.sent == Close(1000, "") and engine.rcvd_then_sent
+    assert engine.rcvd == Close(1002, "peer")
+    ours, peer = make("server")
+    ours.close(4001, "bye", now=1.0)
+    peer.read(ours)
+    ours.receive_data(peer.close(4001, "bye"), now=1.5)
+    peer.read(ours)
+    ours.front_end_answered(Close(1000, ""))
+    assert ours.sent == Close(4001, "bye") and ours.rcvd_then_sent is False
+
+
 @pytest.mark.parametrize("side", SIDES)
 def test_our_close_completes_when_the_peer_answers(side: str) -> None:
     engine, peer = make(side)

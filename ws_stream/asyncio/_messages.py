@@ -14,6 +14,13 @@ an in-memory WebSocket client (websockets' Sans-I/O ``ClientProtocol``, the
 front end's calls. The stream above (``WsTransport``, ``WsStream``) is
 exactly the one used over TCP.
 
+Our close goes to the front end (``MessageSocket.close``) and the link keeps
+receiving until the front end reports the peer's close: messages the peer sent
+meanwhile are decided by the engine as over TCP, and the engine's
+``close_timeout`` drops the link (:meth:`MessageLink.abort`) if that report never
+comes. An abort before our close reached the front end cancels the send in
+progress and ends the connection with 1011 (``MessageSocket.fail``).
+
 Binary messages are sent *eagerly*: :meth:`MessageLink.send_message` runs
 the front end's ``send`` coroutine at once, in the writer's call, and only
 when it has to wait (the front end's own backpressure) does a task finish it
@@ -93,8 +100,22 @@ class MessageSocket(Protocol):
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary message."""
 
+    #: Whether a CLOSE from :meth:`receive` can be the front end's own verdict (it
+    #: refused the peer's message with 1002, 1007 or 1009): True for ASGI, whose
+    #: ``websocket.disconnect`` cannot tell that from the peer's close.
+    own_verdicts: bool
+    #: The code the front end itself answered the peer's close with (aiohttp:
+    #: 1000), set by :meth:`receive` with that CLOSE; None: it sends no answer of
+    #: its own (the peer's close is echoed, as websockets does).
+    answered: int | None
+
     async def close(self, code: int, reason: str) -> None:
-        """Send the close (the front end ends the connection)."""
+        """Send our close frame; :meth:`receive` goes on until the peer's close (or
+        the end of the connection), which it reports as CLOSE."""
+
+    async def fail(self, code: int, reason: str) -> None:
+        """End the connection now with ``code`` (a close frame if none went out yet);
+        what the peer sends from then on is discarded."""
 
     def extra(self) -> dict[str, Any]:
         """``get_extra_info()`` names this front end answers (peername, ...)."""
@@ -265,6 +286,8 @@ class MessageLink(asyncio.Transport):
         self._writing_paused = False
         self._peer_closed = False  # the front end reported the peer's close
         self._close_sent = False  # our close went (or goes) to the front end
+        self._close_started = False  # the front end's close was called (it went out)
+        self._failing: asyncio.Task[None] | None = None  # abort()'s close with 1011
         self._closing = False
         self._lost = False
         self._receiver_task: asyncio.Task[None] | None = None
@@ -317,7 +340,7 @@ class MessageLink(asyncio.Transport):
     def pull(self) -> _Pull | None:
         """For the reader: the next message fetched in its own task, or None when a
         receive is already in flight (or no more will be made)."""
-        if self._receiving or self._lost or self._close_sent or not self._reading.is_set():
+        if self._receiving or self._lost or not self._reading.is_set():
             self._reader_waits = True
             return None
         return _Pull(self)
@@ -340,9 +363,12 @@ class MessageLink(asyncio.Transport):
 
     def _received(self, kind: str, value: Any) -> bool:
         """Hand a message to the stream; True when it ended the connection (or the
-        connection was already ending: then it is discarded)."""
-        if self._lost or self._close_sent:
-            return True  # our close is under way: the sender ends the connection
+        connection was already lost: then it is discarded). After our close the
+        peer's messages still go to the engine, which decides what reaches the reader
+        (as over TCP): the link ends with the front end's CLOSE, or when the engine
+        drops it (close_timeout)."""
+        if self._lost:
+            return True
         if kind == BYTES:
             # Data needs no framing: the engine decides it as a binary frame.
             ws = self._stream
@@ -359,13 +385,19 @@ class MessageLink(asyncio.Transport):
             self._peer_closed = True
             if code == 1006:
                 self._connection_lost(_lost())
-            elif code in _VIOLATIONS and self._protocol is not None:
+            elif code in _VIOLATIONS and self._socket.own_verdicts and self._protocol:
                 ws = getattr(self._protocol, "ws", None)
                 if ws is not None:
                     ws._front_end_violation(code, reason)
                 self._connection_lost(None)
             else:
                 self._feed_close(code, reason)
+                # A front end that answers the peer's close itself (aiohttp:
+                # 1000, whatever the peer's code) did not send the echo.
+                answer = self._socket.answered
+                ws = self._stream
+                if answer is not None and ws is not None:
+                    ws.engine.front_end_answered(Close(answer, ""))
                 self._connection_lost(None)
             return True
         return False
@@ -489,11 +521,10 @@ class MessageLink(asyncio.Transport):
                     self._sent(len(value))
                 else:
                     code, reason = value
+                    self._close_started = True
+                    # The receiver goes on until the front end reports the
+                    # peer's close: what the peer sent before it still counts.
                     await socket.close(code, reason)
-                    # The front end ended the connection; it does not report the
-                    # peer's answer: a peer answers a close with its code.
-                    self._feed_close(code, reason)
-                    self._connection_lost(None)
                     return
         except asyncio.CancelledError:
             raise
@@ -572,15 +603,28 @@ class MessageLink(asyncio.Transport):
             self._loop.call_soon(self._connection_lost, None)
 
     def abort(self) -> None:
-        """Drop the connection: the front end closes it with 1011 if it is still open."""
+        """Drop the connection. Unless our close already went out (or the peer's
+        came), what waits to be sent is dropped, the send in progress cancelled, and
+        the front end ends the connection with 1011: a stream cut short never ends
+        with a clean close. The link ends at once (the front end's close goes on in
+        its own task)."""
         self._closing = True
         self._outbox.clear()
-        if not self._close_sent and not self._peer_closed and not self._lost:
-            self._close_sent = True
-            task = self._loop.create_task(self._socket.close(1011, "connection dropped"))
-            task.add_done_callback(lambda _: self._connection_lost(None))
-        else:
-            self._loop.call_soon(self._connection_lost, None)
+        if not self._close_started and not self._peer_closed and not self._lost:
+            self._close_started = self._close_sent = True
+            sender = self._sender
+            if sender is not None:
+                sender.cancel()  # before the close: its cancellation runs first
+            self._failing = self._loop.create_task(self._fail())
+        self._loop.call_soon(self._connection_lost, None)
+
+    async def _fail(self) -> None:
+        try:
+            await self._socket.fail(1011, "connection dropped")
+        except Exception as exc:
+            logger.info("closing the %s WebSocket failed: %r", self._socket.name, exc)
+        finally:
+            self._failing = None
 
     def pause_reading(self) -> None:
         self._reading.clear()

@@ -149,6 +149,12 @@ def client(**kw: int) -> Machine:
     return Machine(client=True, **kw)
 
 
+def peer_is_refused(m: Machine, stream: int) -> None:
+    """The peer's SYN for ``stream`` is answered with RST, and nothing happens here."""
+    assert feed(m, update(stream, 0, SYN)) == []
+    assert written(m) == [F(WINDOW_UPDATE, RST, stream, 0)]
+
+
 def peer_opens(m: Machine, stream: int) -> None:
     assert ev(feed(m, update(stream, 0, SYN))) == ev([Opened(stream)])
     assert written(m) == [F(WINDOW_UPDATE, ACK, stream, m.window - WINDOW)]
@@ -827,32 +833,27 @@ def test_max_streams_counts_both_directions() -> None:
     peer_opens(m, 2)
     with pytest.raises(MuxError):
         m.open_stream()
-    assert feed(m, update(4, 0, SYN)) == []
-    assert written(m) == [F(WINDOW_UPDATE, RST, 4, 0)]
+    peer_is_refused(m, 4)
 
 
 def test_backlog_refuses_streams_not_taken() -> None:
     m = server(backlog=2)
     peer_opens(m, 1)
     peer_opens(m, 3)
-    assert feed(m, update(5, 0, SYN)) == []
-    assert written(m) == [F(WINDOW_UPDATE, RST, 5, 0)]
+    peer_is_refused(m, 5)
     m.take(1)
     m.take(1)  # taken once only
     peer_opens(m, 7)
-    assert feed(m, update(9, 0, SYN)) == []
-    assert written(m) == [F(WINDOW_UPDATE, RST, 9, 0)]
+    peer_is_refused(m, 9)
     # a stream that ends before it is taken keeps its place until it is taken
     # (the shell still hands it out): opening and resetting cannot flood the queue
     feed(m, update(3, 0, RST))
     m.events()
-    assert feed(m, update(11, 0, SYN)) == []
-    assert written(m) == [F(WINDOW_UPDATE, RST, 11, 0)]
+    peer_is_refused(m, 11)
     m.take(3)
     m.take(3)  # taken once only
     peer_opens(m, 13)
-    assert feed(m, update(15, 0, SYN)) == []
-    assert written(m) == [F(WINDOW_UPDATE, RST, 15, 0)]
+    peer_is_refused(m, 15)
 
 
 def test_streams_we_open_are_not_in_the_backlog() -> None:

@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import os
+import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ import pytest
 import ws_stream
 from ws_stream import mux
 from ws_stream.mux import DEFAULT_WINDOW, Session
+from ws_stream.mux import _machine as mux_machine
 
 KiB = 2**10
 MiB = 2**20
@@ -325,4 +327,80 @@ async def test_a_peer_that_pings_without_reading_ends_the_session(under: str) ->
             await session.wait_closed()
             writer.transport.abort()
     finally:
+        server.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float) -> None:
+    """Copy to EOF, at most ``rate`` bytes per second (0: as fast as it goes)."""
+    try:
+        while data := await reader.read(32 * 2**10):
+            writer.write(data)
+            await writer.drain()
+            if rate:
+                await asyncio.sleep(len(data) / rate)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_peer_on_a_slow_link_may_ping_while_the_output_is_backed_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The answer limit counts answers since the output last drained: a peer that
+    downloads in bulk through a slow link (the sender's output backed up at nearly
+    every ping), reading every byte and every pong, is never failed. The limit is
+    lowered to 4 here; 30 pings would cross it many times if it counted them all."""
+    monkeypatch.setattr(mux_machine, "MAX_BLOCKED_ANSWERS", 4)
+    block = b"x" * (256 * 2**10)
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                writer.write(block)
+                await writer.drain()
+
+    sessions: list[Session] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2**15)
+        session = await mux.open_session(reader, writer, client=False, on_stream=flood)
+        sessions.append(session)
+        await session.wait_closed()
+
+    server = await ws_stream.start_server(serve, "127.0.0.1", 0, ping_interval=None)
+    server_port = server.sockets[0].getsockname()[1]
+
+    async def slow_link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", server_port)
+        up_writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**15)
+        await asyncio.gather(_pipe(reader, up_writer, 0), _pipe(up_reader, writer, 40e6))
+
+    link = await asyncio.start_server(slow_link, "127.0.0.1", 0)
+    port = link.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(60):
+            stream = await ws_stream.connect_stream(
+                f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1
+            )
+            session = await mux.open_session(
+                stream.reader, stream.writer, client=True, window=16 * 2**20
+            )
+            reader, writer = await session.open_stream()
+            writer.write(b"go")
+
+            async def download() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(2**20):
+                        pass
+
+            downloading = asyncio.create_task(download())
+            for _ in range(30):
+                await session.ping(timeout=10)
+            assert sessions[0].error is None
+            downloading.cancel()
+            await session.close(timeout=2)
+            await stream.close()
+    finally:
+        link.close()
         server.close()

@@ -282,10 +282,8 @@ class Machine:
         self.local_go_away = False
         self.remote_go_away = False
         self.failed: SessionFailed | None = None
-        #: Set by the shell: the byte stream under the session is backed up (its
-        #: writes wait). Answers queued meanwhile are counted (MAX_BLOCKED_ANSWERS).
-        self.output_blocked = False
-        self._blocked_answers = 0
+        self._output_blocked = False
+        self._blocked_answers = 0  # answers queued since the output last drained
 
     # Input
 
@@ -517,11 +515,23 @@ class Machine:
             # and resets streams at once cannot queue more than the backlog.
             self._gone_untaken.add(stream)
 
+    @property
+    def output_blocked(self) -> bool:
+        """Set by the shell: the byte stream under the session is backed up (its writes
+        wait). Answers the peer provokes meanwhile are counted, from the last time
+        the shell set it False (the output drained), up to :data:`MAX_BLOCKED_ANSWERS`."""
+        return self._output_blocked
+
+    @output_blocked.setter
+    def output_blocked(self, blocked: bool) -> None:
+        if not blocked:
+            self._blocked_answers = 0
+        self._output_blocked = blocked
+
     def _answer(self, frame: bytes) -> None:
         """Queue a frame the peer's own frame calls for; bounded while output is blocked."""
         self._out.append(frame)
-        if not self.output_blocked:
-            self._blocked_answers = 0
+        if not self._output_blocked:
             return
         self._blocked_answers += 1
         if self._blocked_answers > MAX_BLOCKED_ANSWERS:

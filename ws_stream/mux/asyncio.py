@@ -421,7 +421,8 @@ class Session:
         self._reading = self._loop.create_task(self._read())
 
     def _received(self, data: bytes | bytearray | memoryview) -> None:
-        self.machine.output_blocked = not self._can_write()  # bounds the answers queued
+        if self._feed is None:  # no pause/resume callbacks: look (bounds the answers)
+            self.machine.output_blocked = not self._can_write()
         self.machine.receive_data(data)
         self._process()
 
@@ -576,6 +577,7 @@ class Session:
         """Wait while the byte stream under the session has too much to send."""
         if self._feed is None:
             await self._writer.drain()
+            self.machine.output_blocked = False  # it drained (see _received)
             return
         while self._write_paused and self.machine.failed is None:
             if self._write_resumed is None or self._write_resumed.done():
@@ -584,6 +586,7 @@ class Session:
 
     def _writing(self, paused: bool) -> None:
         self._write_paused = paused
+        self.machine.output_blocked = paused  # the answers it may hold are bounded
         waiter = self._write_resumed
         if not paused and waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import random
 import re
 import signal
 import socket
+import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,6 +138,84 @@ def test_reconnect_fast_opens_a_new_session_after_the_server_died(cli: Start) ->
         await asyncio.to_thread(again.wait_for, MUX_CONNECTED)
         await asyncio.to_thread(forward.wait_for, "mux session open to", 10, 2)
         assert len([line for line in again.lines if "connected (subprotocol" in line]) == 1
+
+    run(main(), 45)
+
+
+def test_a_half_closed_tunnel_is_reset_when_the_session_dies(cli: Start) -> None:
+    """The target sent its answer and ended its side (FIN); the local client read it
+    and keeps its own side open. When the server dies, the client's connection is
+    reset at once (it was left open for good), and forward stops promptly."""
+
+    async def main() -> None:
+        async def banner_then_fin(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(b"hello")
+            writer.write_eof()  # ends its side, still reads
+            with contextlib.suppress(ConnectionError):
+                await reader.read()
+            writer.close()
+
+        target = await asyncio.start_server(banner_then_fin, "127.0.0.1", 0)
+        async with target:
+            target_port = target.sockets[0].getsockname()[1]
+            serve, uri = serve_mux(cli, "--to", f"127.0.0.1:{target_port}")
+            forward, port = forward_mux(cli, uri, "--reconnect", "fast")
+            client = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 10)
+            with client:  # (blocking calls in threads: the target runs in this loop)
+                assert await asyncio.to_thread(client.recv, 10) == b"hello"
+                assert await asyncio.to_thread(client.recv, 10) == b""  # EOF
+                serve.signal(signal.SIGKILL)
+                assert await asyncio.to_thread(serve.wait, 10) == -signal.SIGKILL
+
+                def reset_within(seconds: float) -> bool:
+                    """Whether the connection (its EOF already read) is reset in time;
+                    the client writes nothing, so nothing else provokes it. Linux
+                    reports a reset after the peer's FIN as a pending EPIPE."""
+                    for _ in range(int(seconds / 0.05)):
+                        error = client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if error in (errno.ECONNRESET, errno.EPIPE):
+                            return True
+                        time.sleep(0.05)
+                    return False
+
+                assert await asyncio.to_thread(reset_within, 5)
+            forward.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(forward.wait, 5) == 0
+            assert "Exception in callback" not in forward.stderr
+
+    run(main(), 45)
+
+
+def test_the_log_of_a_failed_stream_counts_the_bytes_it_carried(cli: Start) -> None:
+    """The target sends 500 000 bytes, then resets: the client gets them, then the
+    reset, and both processes' lines for the stream count them (they said 0)."""
+    size = 500_000
+
+    async def main() -> None:
+        async def send_then_reset(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"x" * size)
+            await writer.drain()
+            await asyncio.sleep(0.5)  # they left
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+        target = await asyncio.start_server(send_then_reset, "127.0.0.1", 0)
+        async with target:
+            target_port = target.sockets[0].getsockname()[1]
+            serve, uri = serve_mux(cli, "--to", f"127.0.0.1:{target_port}")
+            forward, port = forward_mux(cli, uri)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert len(await asyncio.wait_for(reader.readexactly(size), 10)) == size
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            served = (await asyncio.to_thread(serve.wait_for, "stream closed:", 10)).string
+            forwarded = (await asyncio.to_thread(forward.wait_for, "stream=", 10)).string
+        assert f"received={size}" in served, served
+        assert f"sent={size}" in forwarded, forwarded
 
     run(main(), 45)
 

@@ -26,15 +26,17 @@ __all__ = ["splice"]
 _CHUNK: Final = 256 * 1024
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    count = 0
+async def _copy(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, moved: list[int], way: int
+) -> None:
+    """Copy to EOF, then half-close; ``moved[way]`` counts the bytes as they go (a
+    copy that fails or is cancelled still tells how much it carried)."""
     while data := await reader.read(_CHUNK):
         writer.write(data)
-        count += len(data)
+        moved[way] += len(data)
         await writer.drain()
     if not writer.is_closing() and writer.can_write_eof():
         writer.write_eof()
-    return count
 
 
 async def splice(
@@ -47,29 +49,37 @@ async def splice(
     """
     stream_reader, stream_writer = stream
     local_reader, local_writer = local.streams
-    down = asyncio.ensure_future(_copy(stream_reader, local_writer))
-    up = asyncio.ensure_future(_copy(local_reader, stream_writer))
+    moved = [0, 0]
+    down = asyncio.ensure_future(_copy(stream_reader, local_writer, moved, 0))
+    up = asyncio.ensure_future(_copy(local_reader, stream_writer, moved, 1))
+    # The stream's end (a reset, the session lost) while one direction still
+    # waits on the local side, which may never read or write again: it ends the
+    # splice too (the local connection was left open for good).
+    lost = asyncio.ensure_future(stream_writer.wait_closed())
     error: str | None = None
     try:
-        done, _ = await asyncio.wait((down, up), return_when=asyncio.FIRST_EXCEPTION)
-        for task, what in ((down, "the mux stream"), (up, local.role)):
-            if task.done() and task.exception() is not None:
-                error = f"{what} failed: {describe(task.exception())}"  # type: ignore[arg-type]
-                break
+        waiting = {down, up, lost}
+        while error is None and not (down.done() and up.done()):
+            _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task, what in (
+                (down, "the mux stream"),
+                (up, local.role),
+                (lost, "the mux stream"),
+            ):
+                if task.done() and task.exception() is not None:
+                    error = f"{what} failed: {describe(task.exception())}"  # type: ignore[arg-type]
+                    break
+            else:
+                if lost.done() and not (down.done() and up.done()):
+                    error = "the mux stream ended before the local side"
     finally:
         if error is not None or not (down.done() and up.done()):
             # An error, or cancelled: reset both sides.
             stream_writer.transport.abort()
             local.abort()
-        for task in (down, up):
+        for task in (down, up, lost):
             task.cancel()
-        await asyncio.gather(down, up, return_exceptions=True)
+        await asyncio.gather(down, up, lost, return_exceptions=True)
         stream_writer.close()
         local_writer.close()
-    return _count(down), _count(up), error
-
-
-def _count(task: asyncio.Future[int]) -> int:
-    if task.cancelled() or task.exception() is not None:
-        return 0
-    return task.result()
+    return moved[0], moved[1], error

@@ -333,6 +333,46 @@ def test_reverse_tunnel_refused(cli: Start, case: str) -> None:
     assert refuses(host, port)
 
 
+def test_a_reverse_port_already_taken_ends_the_tunnel_with_the_servers_reason(
+    cli: Start,
+) -> None:
+    """A second forwarder asks for a reverse port the first one holds: the server
+    cannot listen there, and says so with close 1011 and its reason (it closed with
+    1000, so the forwarder could only say "the connection under the session closed")."""
+    remote = reserved_port()
+    serve, uri = serve_mux(cli, "--allow-reverse", f"127.0.0.1:{remote}-{remote}")
+    first = cli("forward", "--reverse", f"127.0.0.1:{remote}:127.0.0.1:{free_port()}", uri)
+    serve.wait_for(rf"reverse=127\.0\.0\.1:{remote} listening")
+    second = cli("forward", "--reverse", f"127.0.0.1:{remote}:127.0.0.1:{free_port()}", uri)
+    assert second.wait(20) == 1
+    assert "cannot listen on" in second.stderr, second.stderr
+    serve.wait_for(r"close_sent=1011", 5)
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+
+
+@pytest.mark.parametrize("preset", ["fast", "stable"])
+def test_sigterm_while_a_reverse_tunnel_dials_an_unreachable_server(
+    cli: Start, preset: str
+) -> None:
+    """Shutdown while the dialer retries: exit 0 at once (it waited the close
+    timeout and more, or exited 1 with the dial's error)."""
+    nothing_there = free_port()
+    forward = cli(
+        "forward",
+        "--reverse",
+        f"127.0.0.1:{reserved_port()}:127.0.0.1:{free_port()}",
+        "--reconnect",
+        preset,
+        f"ws://127.0.0.1:{nothing_there}/",
+    )
+    forward.wait_for("retrying", 10)
+    started = time.monotonic()
+    forward.signal(signal.SIGTERM)
+    assert forward.wait(10) == 0, forward.stderr
+    assert time.monotonic() - started < 3, forward.stderr
+
+
 def test_reverse_tunnel_to_a_name_is_refused(cli: Start) -> None:
     port = reserved_port()
     serve, uri = serve_mux(cli, "--allow-reverse", f"127.0.0.1:{port}")

@@ -36,7 +36,7 @@ from ..mux import MuxError, Session, open_session
 from .args import HostPort, ReverseTunnel, TargetTls, UnixAddress
 from .endpoints import TcpEndpoint, open_tcp, open_unix, start_tcp_server
 from .gateway.reverse import MUX_SUBPROTOCOL
-from .lifecycle import Sessions
+from .lifecycle import Sessions, Stopped, unless_stopped
 from .report import addr, describe, fields
 from .splice import splice
 
@@ -135,8 +135,10 @@ async def serve_session(
             listener = await start_tcp_server(on_client, reverse.host, reverse.port)
         except OSError as exc:
             error = f"cannot listen on {addr(reverse)} for the reverse tunnel: {describe(exc)}"
-            await session.close()
+            # The close with the reason first: the session's own close would end
+            # the WebSocket with 1000, and the forwarder would not learn why.
             await stream.close(1011, error[:120])
+            await session.close()
             return error
         logger.info("%s", fields(peer=peer, reverse=addr(reverse), listening=True))
     try:
@@ -269,7 +271,9 @@ async def reverse_tunnel(
             if slot.stop.done():
                 return None
             try:
-                stream = await _dial_mux(dial)
+                stream = await unless_stopped(slot.stop, _dial_mux(dial))
+            except Stopped:
+                return None  # shutdown while dialing (or backing off): not a failure
             except ConnectionError as exc:
                 return f"reverse tunnel {tunnel}: {exc}"
             sessions.attach(slot, stream)

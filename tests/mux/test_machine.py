@@ -861,6 +861,16 @@ def test_backlog_refuses_streams_not_taken() -> None:
     peer_is_refused(m, 15)
 
 
+def test_streams_taken_as_they_open_are_not_in_the_backlog() -> None:
+    # A session with a callback takes every stream as it opens: a burst of SYNs in
+    # one read, more than the backlog, all open (they were refused past it).
+    m = Machine(client=False, backlog=2, take_on_open=True)
+    events = feed(m, *[update(1 + 2 * i, 0, SYN) for i in range(5)])
+    assert ev(events) == ev([Opened(1 + 2 * i) for i in range(5)])
+    assert all(f.flags == ACK for f in written(m))
+    m.take(3)  # a no-op
+
+
 def test_streams_we_open_are_not_in_the_backlog() -> None:
     m = server(backlog=1)
     m.open_stream()

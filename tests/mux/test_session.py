@@ -785,6 +785,23 @@ async def test_an_on_stream_callback_that_raises_resets_that_stream_only(tls: bo
         assert pair.server.error is None and pair.client.error is None
 
 
+async def test_a_burst_of_opens_beyond_the_backlog_all_reach_on_stream() -> None:
+    """With on_stream every stream is taken as it opens: 300 opened at once (in one
+    read, past the backlog of 256) all reach the callback; 44 were reset."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read())
+        writer.close()
+
+    async with mux_pair(on_stream=echo) as pair, asyncio.timeout(30):
+        streams = [await pair.client.open_stream() for _ in range(300)]
+        for i, (_, writer) in enumerate(streams):
+            writer.write(b"%d" % i)
+            writer.write_eof()
+        answers = await asyncio.gather(*(reader.read() for reader, _ in streams))
+        assert answers == [b"%d" % i for i in range(300)]
+
+
 async def test_go_away_refuses_new_streams_and_existing_ones_finish() -> None:
     async with mux_pair() as pair, asyncio.timeout(30):
         (reader, writer), (peer_reader, peer_writer) = await opened_pair(pair.client, pair.server)

@@ -251,6 +251,8 @@ class Machine:
     granted to each stream (at least 256 KiB; larger windows are granted with
     the SYN or ACK). ``max_streams``: open streams at most; ``backlog``: streams
     the peer opened and the application has not taken (:meth:`take`).
+    ``take_on_open``: the application takes every stream as it opens (a
+    callback): no backlog applies, however many open in one read.
     """
 
     def __init__(
@@ -260,6 +262,7 @@ class Machine:
         window: int = DEFAULT_WINDOW,
         max_streams: int = 1024,
         backlog: int = 256,
+        take_on_open: bool = False,
     ) -> None:
         if not DEFAULT_WINDOW <= window <= _MAX_U32:
             raise ValueError(f"window must be {DEFAULT_WINDOW} to {_MAX_U32} bytes, got {window}")
@@ -269,6 +272,7 @@ class Machine:
         self.window = window
         self.max_streams = max_streams
         self.backlog = backlog
+        self.take_on_open = take_on_open
         self.streams: dict[int, _Stream] = {}
         self._next_id = 1 if client else 2
         self._peer_max_id = 0  # the largest id the peer opened
@@ -425,9 +429,11 @@ class Machine:
         ):
             self._answer(header(_WINDOW_UPDATE, _RST, stream, 0))
             return None
-        state = _Stream(DEFAULT_WINDOW, DEFAULT_WINDOW, acked=True, taken=False)
+        taken = self.take_on_open
+        state = _Stream(DEFAULT_WINDOW, DEFAULT_WINDOW, acked=True, taken=taken)
         self.streams[stream] = state
-        self._pending += 1
+        if not taken:
+            self._pending += 1
         self._out.append(header(_WINDOW_UPDATE, _ACK, stream, self.window - DEFAULT_WINDOW))
         state.recv_window = self.window
         self._events.append(Opened(stream))

@@ -792,14 +792,21 @@ async def open_session(
     least 256 KiB, the spec's initial window; memory per stream is bounded by
     it). ``max_streams``: open streams at most (more SYNs are refused with
     RST); ``backlog``: streams opened by the peer and not yet accepted (more:
-    RST). ``limit``: each stream's ``StreamReader`` limit. ``on_stream(reader,
+    RST; with ``on_stream`` every stream is taken as it opens, and no backlog
+    applies). ``limit``: each stream's ``StreamReader`` limit. ``on_stream(reader,
     writer)``: called (a coroutine function runs as a task) for each stream the
     peer opens, instead of ``async for``.
 
     Raises:
         ValueError: a limit out of range.
     """
-    machine = Machine(client=client, window=window, max_streams=max_streams, backlog=backlog)
+    machine = Machine(
+        client=client,
+        window=window,
+        max_streams=max_streams,
+        backlog=backlog,
+        take_on_open=on_stream is not None,  # the callback takes each stream at once
+    )
     # What the reader holds already (a peer may open streams right after the
     # handshake): taken without waiting, then fed to the machine first.
     held = reader.buffered if isinstance(reader, ChunkedStreamReader) else 0

@@ -425,3 +425,21 @@ def test_reverse_tunnel_needs_the_bearer_token(cli: Start, tmp_path: Path) -> No
             assert token not in serve.stderr
 
     run(main(), 40)
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "+9000", "9_000", "9000 0"])
+def test_a_reverse_request_with_a_port_not_in_ascii_digits_is_refused(port: str) -> None:
+    """The header a forwarder sends: only ASCII digits make a port (a superscript
+    two, a Latin-1 character, raised ValueError in the handshake)."""
+    from websockets.datastructures import Headers
+
+    from ws_stream.cli.gateway.reverse import (
+        REVERSE_HEADER,
+        NotAllowed,
+        parse_allowed,
+        reverse_request,
+    )
+
+    allowed = (parse_allowed("127.0.0.1:9000-9100"),)
+    result = reverse_request(Headers({REVERSE_HEADER: f"127.0.0.1:{port}"}), allowed, mux=True)
+    assert isinstance(result, NotAllowed) and result.status == 400, result

@@ -243,12 +243,19 @@ Config = ServeConfig | ClientConfig | PasswdConfig
 # was expected, which argparse turns into exit status 2.
 
 
+_PORT_DIGITS = re.compile(r"[0-9]{1,5}")
+
+
+def port_number(text: str) -> int | None:
+    """``text`` as a number if it is 1 to 5 ASCII digits, else None (``int()``
+    also takes a sign, ``_``, spaces and other scripts' digits); the caller
+    checks the range."""
+    return int(text) if _PORT_DIGITS.fullmatch(text) else None
+
+
 def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
+    port = port_number(text)
+    if port is None or port > 65535:
         raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
     return port
 

@@ -18,7 +18,7 @@ from typing import Final, NamedTuple
 
 from websockets.datastructures import Headers
 
-from ..args import HostPort
+from ..args import HostPort, port_number
 
 __all__ = [
     "MUX_SUBPROTOCOL",
@@ -71,13 +71,10 @@ def parse_allowed(text: str) -> AllowedRange:
     """
     host_text, sep, ports = text.rpartition(":")
     host = _ip(host_text)
-    low_text, _, high_text = ports.partition("-")
-    try:
-        low = int(low_text)
-        high = int(high_text) if high_text else low
-    except ValueError:
-        low = high = -1
-    if not sep or host is None or not 1 <= low <= high <= 65535:
+    low_text, dash, high_text = ports.partition("-")
+    low = port_number(low_text)
+    high = port_number(high_text) if dash else low
+    if not sep or host is None or low is None or high is None or not 1 <= low <= high <= 65535:
         raise argparse.ArgumentTypeError(
             f"expected IP:PORT or IP:LOW-HIGH (for example 127.0.0.1:9000-9100; an IP "
             f"address, not a name; ports 1-65535), got {text!r}"
@@ -101,8 +98,8 @@ def reverse_request(
     text = values[0].strip()
     host_text, sep, port_text = text.rpartition(":")
     host = _ip(host_text)
-    port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else -1
-    if not sep or host is None or not 1 <= port <= 65535:
+    port = port_number(port_text)
+    if not sep or host is None or port is None or not 1 <= port <= 65535:
         return NotAllowed(400, f"{REVERSE_HEADER} must be IP:PORT, got {text[:100]!r}")
     for entry in allowed:
         if entry.host == host and entry.low <= port <= entry.high:

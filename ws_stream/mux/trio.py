@@ -449,9 +449,10 @@ async def open_session(
     ``client``, ``window``, ``max_streams`` and ``backlog`` as in
     :func:`ws_stream.mux.open_session`. On exit, the session goes away, its
     open streams are reset (their tasks wake with ``BrokenResourceError``),
-    it ends (``session.error`` says "the session was closed"; ``accept()``,
-    ``open_stream()`` and ``ping()`` raise :exc:`MuxError`), and its tasks
-    end; ``transport`` stays open (close it yourself).
+    it ends (``session.error`` says "the session was closed"; ``open_stream()``
+    and ``ping()`` raise :exc:`MuxError`, and so does ``accept()`` once the
+    streams the peer opened before are handed out, reset), and its tasks end;
+    ``transport`` stays open (close it yourself).
     """
     session = Session(
         transport, Machine(client=client, window=window, max_streams=max_streams, backlog=backlog)

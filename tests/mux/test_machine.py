@@ -421,6 +421,18 @@ def test_a_peer_whose_answers_leave_may_ping_without_end() -> None:
     assert m.failed is None
 
 
+def test_check_incoming_says_when_no_more_streams_will_come() -> None:
+    m = client()
+    m.check_incoming()  # open: more may come
+    feed(m, go_away(NORMAL))
+    with pytest.raises(MuxError, match="no more streams: the peer went away"):
+        m.check_incoming()
+    m = client()
+    feed(m, frame(99, 0, 0, 0))  # an unknown type: the session fails
+    with pytest.raises(MuxError, match="no more streams: yamux protocol error: unknown frame"):
+        m.check_incoming()
+
+
 def test_peer_go_away_normal() -> None:
     m = client()
     stream = we_open(m)

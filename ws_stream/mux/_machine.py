@@ -582,6 +582,17 @@ class Machine:
         if self.failed is not None:
             raise MuxError(f"the session is over: {self.failed.reason}")
 
+    def check_incoming(self) -> None:
+        """For ``accept()`` with nothing queued: may the peer still open streams?
+
+        Raises:
+            MuxError: no more will come (the session is over, or the peer went away).
+        """
+        if self.failed is not None:
+            raise MuxError(f"no more streams: {self.failed.reason}")
+        if self.remote_go_away:
+            raise MuxError("no more streams: the peer went away")
+
     def open_stream(self) -> int:
         """Open a stream (SYN); returns its id. Data may be sent at once (before the ACK).
 

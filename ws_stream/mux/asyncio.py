@@ -681,11 +681,7 @@ class Session:
             MuxError: the session ended (or the peer went away) with no stream waiting.
         """
         while not self._accepted:
-            if self.machine.failed is not None or self.machine.remote_go_away:
-                raise MuxError(
-                    "no more streams: "
-                    + (self.error.reason if self.error else "the peer went away")
-                )
+            self.machine.check_incoming()
             self._accept_waiter = self._loop.create_future()
             try:
                 await self._accept_waiter

@@ -391,9 +391,7 @@ class Session:
         """
         await trio.lowlevel.checkpoint()
         while not self._accepted:
-            if self.machine.failed is not None or self.machine.remote_go_away:
-                reason = self.error.reason if self.error else "the peer went away"
-                raise MuxError(f"no more streams: {reason}")
+            self.machine.check_incoming()
             await self._acceptable.wait()
         stream = self._accepted.popleft()
         self.machine.take(stream.stream)

@@ -162,7 +162,7 @@ class StreamPolicy:
             # After our failure or the peer's close, RFC 6455 says to discard.
             return _NOTHING
         if opcode is _BINARY or (opcode is _CONT and not self._in_text):
-            return Step(data) if data and not self.discarding else _NOTHING
+            return Step(data) if data and self.delivering else _NOTHING
         if opcode is _TEXT or opcode is _CONT:
             if self.discarding:
                 return _NOTHING

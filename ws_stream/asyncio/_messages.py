@@ -212,10 +212,8 @@ class _Pull:
         link = self._link
         link._receiving = True
         link._pulling = self
-        task = asyncio.current_task(link._loop)
-        # A cancellation is the reader's own only if it was asked for during this
-        # receive (a count left over from an earlier, caught one does not count).
-        cancels = task.cancelling() if task is not None else 0
+        task: asyncio.Task[Any] | None = None
+        cancels = -1  # counted at the first wait: no cancellation can come before
         coro = link._socket.receive()
         try:
             thrown: BaseException | None = None
@@ -228,6 +226,12 @@ class _Pull:
                 except StopIteration as stop:
                     kind, value = stop.value
                     break
+                if cancels < 0:
+                    # A cancellation is the reader's own only if it was asked for
+                    # during this receive (a count left over from an earlier,
+                    # caught one does not count).
+                    task = asyncio.current_task(link._loop)
+                    cancels = task.cancelling() if task is not None else 0
                 self._waiting_on = yielded
                 try:
                     yield yielded

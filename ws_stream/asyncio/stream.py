@@ -386,7 +386,8 @@ def _message_socket(websocket: object) -> MessageSocket | None:
 
 
 class _ReaderProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's StreamReaderProtocol, without a queue of drain() waiters until one waits.
+    """asyncio's StreamReaderProtocol, without a queue of drain() waiters until one
+    waits, and feeding its reader directly (no weak reference to follow per chunk).
 
     asyncio makes that queue (a deque, about 600 bytes) for every connection,
     and uses it only while writing is paused; a server holds one protocol per
@@ -395,6 +396,13 @@ class _ReaderProtocol(asyncio.StreamReaderProtocol):
     """
 
     _waiters: collections.deque[asyncio.Future[None]] | None = None
+
+    def __init__(self, reader: ChunkedStreamReader, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, loop=loop)
+        self._feed = reader.feed_data  # the stream holds its reader: no weak reference
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
 
     @property
     def _drain_waiters(self) -> collections.deque[asyncio.Future[None]]:

@@ -9,7 +9,10 @@
    aiohttp ``async for msg in ws: await ws.send_bytes(msg.data)``). The client
    is the same for both: websockets' asyncio client (no compression), in this
    process. Bulk: ``--mib`` MiB sent in 64 KiB messages and echoed back, timed
-   from the first byte sent to the last byte received; RTT: the median of
+   from the first byte sent to the last byte received; once with that client,
+   once with a light one (frames masked in advance, the echo's payload counted,
+   not parsed) that leaves the CPUs to the server, so that the server is the
+   busier side and the ratio shows what the stream costs it; RTT: the median of
    ``--pings`` sequential 64 B echoes. The ratio (a)/(b) is compared with the
    issue's targets (bulk >= 0.9x, RTT <= 1.1x); a missed target is reported,
    never an error.
@@ -357,7 +360,8 @@ async def echo_rtt(uri: str, count: int) -> dict[str, float]:
 
 async def measure_front_ends(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, Any] = {
-        fe: {kind: {v: [] for v in VARIANTS} for kind in ("bulk", "rtt")} for fe in FRONT_ENDS
+        fe: {kind: {v: [] for v in VARIANTS} for kind in ("bulk", "bulk_server", "rtt")}
+        for fe in FRONT_ENDS
     }
     async with contextlib.AsyncExitStack() as stack:
         ports = {}
@@ -369,16 +373,23 @@ async def measure_front_ends(args: argparse.Namespace) -> dict[str, Any]:
 
         items = tuple((fe, v) for fe in FRONT_ENDS for v in VARIANTS)
         for fe, v in items:  # warm-up
-            await bulk_echo(uri(fe, v), ports[fe][1], min(args.bulk, 2**23))
+            port, pid = ports[fe]
+            await bulk_echo(uri(fe, v), pid, min(args.bulk, 2**23))
+            await bulk_echo_server_bound(port, f"/{v}", pid, min(args.bulk, 2**23))
             await echo_rtt(uri(fe, v), min(args.pings, 200))
         for r, (fe, v) in interleaved(args.rounds, items):
-            bulk = await bulk_echo(uri(fe, v), ports[fe][1], args.bulk)
+            port, pid = ports[fe]
+            bulk = await bulk_echo(uri(fe, v), pid, args.bulk)
+            server_bound = await bulk_echo_server_bound(port, f"/{v}", pid, args.bulk)
             rtt = await echo_rtt(uri(fe, v), args.pings)
             runs[fe]["bulk"][v].append(bulk)
+            runs[fe]["bulk_server"][v].append(server_bound)
             runs[fe]["rtt"][v].append(rtt)
             print(
                 f"  round {r + 1}: {fe} {v}: bulk {args.bulk / bulk['seconds'] / 1e6:.0f} MB/s "
-                f"(server CPU {bulk['cpu']:.2f} s), RTT p50 {rtt['p50'] * 1e6:.1f} us",
+                f"(server CPU {bulk['cpu']:.2f} s), with the light client "
+                f"{args.bulk / server_bound['seconds'] / 1e6:.0f} MB/s, "
+                f"RTT p50 {rtt['p50'] * 1e6:.1f} us",
                 file=sys.stderr,
             )
     return runs
@@ -457,13 +468,13 @@ class Uploader(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
 
     @classmethod
-    async def connect(cls, port: int) -> Uploader:
+    async def connect(cls, port: int, path: str = "/") -> Uploader:
         loop = asyncio.get_running_loop()
         transport, client = await loop.create_connection(cls, "127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         transport.write(
             (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n"
             ).encode()
@@ -529,6 +540,84 @@ class Uploader(asyncio.Protocol):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.lost), 5)
         self.transport.close()
+
+
+class EchoCounter(Uploader):
+    """An :class:`Uploader` that also counts the payload of the frames echoed back
+    (their headers parsed, their payload only counted): a client that costs the
+    server's CPUs little, so that the server is the busier side of a bulk echo."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.echoed = 0
+        self._frame = b""  # the header being read
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._goal = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def expect(self, total: int) -> None:
+        self._goal = total
+
+    def data_received(self, data: bytes) -> None:
+        if not self.handshake.done():
+            super().data_received(data)
+            return
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                take = min(self._skip, end - pos)
+                self._skip -= take
+                self.echoed += take
+                pos += take
+                continue
+            frame = self._frame
+            size = 2
+            if len(frame) >= 2:
+                length = frame[1] & 0x7F
+                size += 2 if length == 126 else 8 if length == 127 else 0
+            take = min(size - len(frame), end - pos)
+            frame = self._frame = frame + data[pos : pos + take]
+            pos += take
+            if len(frame) < size or (size == 2 and frame[1] & 0x7F >= 126):
+                continue
+            if frame[0] & 0x0F != 0x2:
+                self._finish(RuntimeError(f"the server sent a frame of opcode {frame[0] & 15}"))
+                return
+            length = frame[1] & 0x7F
+            self._skip = length if length < 126 else int.from_bytes(frame[2:], "big")
+            self._frame = b""
+        if self.echoed >= self._goal > 0:
+            self._finish(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._finish(ConnectionResetError(f"the server ended the connection: {exc!r}"))
+
+    def _finish(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+
+async def bulk_echo_server_bound(port: int, path: str, pid: int, total: int) -> dict[str, float]:
+    """``total`` bytes in CHUNK frames masked in advance (sent BATCH at a time) and
+    echoed back, counted without parsing payloads: timed to the last byte back."""
+    client = await EchoCounter.connect(port, path)
+    assert isinstance(client, EchoCounter)
+    batch = masked_frame(os.urandom(CHUNK)) * EchoCounter.BATCH
+    try:
+        client.expect(total)
+        cpu, own = family_cpu(pid), own_cpu()
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(client.send_all(batch, total), client.done), 300)
+        elapsed = time.perf_counter() - started
+        if client.echoed != total:
+            raise RuntimeError(f"echoed {client.echoed} bytes, not {total}")
+        return {"seconds": elapsed, "cpu": family_cpu(pid) - cpu, "client": own_cpu() - own}
+    finally:
+        await client.close()
 
 
 def tunnels_per_process(pid: int, sink_port: int) -> list[int]:
@@ -686,7 +775,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     settings = report["settings"]
     for fe in FRONT_ENDS:
         bulk, rtt = report["front_ends"][fe]["bulk"], report["front_ends"][fe]["rtt"]
+        light = report["front_ends"][fe]["bulk_server"]
         throughput = {v: mb_per_s(settings["bulk_bytes"], bulk[v]) for v in VARIANTS}
+        light_throughput = {v: mb_per_s(settings["bulk_bytes"], light[v]) for v in VARIANTS}
+        light_ratio = light_throughput["stream"] / light_throughput["plain"]
         p50 = {v: statistics.median(run["p50"] for run in rtt[v]) for v in VARIANTS}
         cpu = {v: cpu_per_gib(2 * settings["bulk_bytes"], bulk[v]) for v in VARIANTS}
         bulk_ratio = throughput["stream"] / throughput["plain"]
@@ -699,6 +791,20 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 for s, p in zip(bulk["stream"], bulk["plain"], strict=True)
             ],
             "bulk_target_met": bulk_ratio >= BULK_TARGET,
+            "light_mb_per_s": light_throughput,
+            "light_ratio": light_ratio,
+            "light_round_ratios": [
+                p["seconds"] / s["seconds"]
+                for s, p in zip(light["stream"], light["plain"], strict=True)
+            ],
+            "light_target_met": light_ratio >= BULK_TARGET,
+            "light_cpu_s_per_gib": {
+                v: cpu_per_gib(2 * settings["bulk_bytes"], light[v]) for v in VARIANTS
+            },
+            "light_busy": {
+                v: statistics.median(run["cpu"] / run["seconds"] for run in light[v])
+                for v in VARIANTS
+            },
             "rtt_p50_us": {v: p50[v] * 1e6 for v in VARIANTS},
             "rtt_ratio": rtt_ratio,
             "rtt_round_ratios": [
@@ -819,6 +925,19 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"| {title} | CPUs busy during bulk echo, server / client | "
             f"{busy[0]} | {busy[1]} | - | - | - |"
+        )
+        light, light_cpu = s["light_mb_per_s"], s["light_cpu_s_per_gib"]
+        print(
+            f"| {title} | bulk echo, {mib} MiB, light client (the server busier) | "
+            f"{light['stream']:.0f} MB/s | {light['plain']:.0f} MB/s | "
+            f"{_ratio(s['light_ratio'], s['light_round_ratios'])} | >= {BULK_TARGET}x | "
+            f"{_yes(s['light_target_met'])} |"
+        )
+        print(
+            f"| {title} | the same, server CPU per GiB moved / CPUs busy | "
+            f"{light_cpu['stream']:.2f} s / {s['light_busy']['stream']:.2f} | "
+            f"{light_cpu['plain']:.2f} s / {s['light_busy']['plain']:.2f} | "
+            f"{light_cpu['stream'] / light_cpu['plain']:.2f}x | - | - |"
         )
     t = summary["tunnels"]
     count, each = settings["tunnels"], settings["each_bytes"] // 2**20

@@ -1,7 +1,7 @@
 """bench/bench_frontends.py runs end to end in --quick mode and prints every row.
 
 It asserts nothing about speed: only that each comparison (WsStream against
-the plain message loop under uvicorn and aiohttp: bulk, RTT, CPU; TunnelApp
+the plain message loop under uvicorn and aiohttp: bulk with either client, RTT, CPU; TunnelApp
 under uvicorn workers against ``ws-stream serve --to``) was measured, printed
 with positive numbers, says whether its target is met, and is in the JSON.
 """
@@ -92,9 +92,23 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
             match = re.fullmatch(rf"({NUMBER}) / ({NUMBER})", cell)
             assert match and all(float(g) > 0 for g in match.groups()), cell
 
+        # The same echo with a client that leaves the CPUs to the server.
+        light = row(table, title, f"bulk echo, {mib} MiB, light client (the server busier)")
+        stream = positive(light[0], r"(\d+) MB/s")
+        plain = positive(light[1], r"(\d+) MB/s")
+        assert ratio(light[2]) == pytest.approx(stream / plain, abs=0.02)
+        assert light[3] == ">= 0.9x"
+        assert light[4] == ("yes" if summary["light_target_met"] else "**no**")
+        assert summary["light_target_met"] == (summary["light_ratio"] >= 0.9)
+        light_cpu = row(table, title, "the same, server CPU per GiB moved / CPUs busy")
+        for cell in light_cpu[:2]:
+            match = re.fullmatch(rf"({NUMBER}) s / ({NUMBER})", cell)
+            assert match and all(float(g) > 0 for g in match.groups()), cell
+        positive(light_cpu[2], rf"({NUMBER})x")
+
         # The JSON: every round of every variant, with positive numbers.
         runs = report["front_ends"][key]
-        for kind in ("bulk", "rtt"):
+        for kind in ("bulk", "bulk_server", "rtt"):
             for variant in ("stream", "plain"):
                 assert len(runs[kind][variant]) == rounds, (key, kind, variant)
         assert positive_numbers(runs), runs

@@ -47,10 +47,17 @@ class AiohttpSocket:
                 return TEXT, message.data
             if kind is WSMsgType.CLOSE:
                 # aiohttp says 0 for a close frame without a code (1005). With
-                # autoclose, it answered with its close(): code 1000.
-                if ws.closed:
+                # autoclose, it answered with its close(): code 1000. Without,
+                # the answer is the application's: the peer's code, echoed as
+                # websockets does (1000 for none).
+                code = int(message.data) or 1005
+                if not ws.closed:
+                    answer = 1000 if code == 1005 else code
+                    await ws.close(code=answer)
+                    self.answered = answer
+                else:
                     self.answered = 1000
-                return CLOSE, (int(message.data) or 1005, message.extra or "")
+                return CLOSE, (code, message.extra or "")
             if kind is WSMsgType.PING:  # autoping=False: the stream answers
                 return PING, bytes(message.data)
             if kind is WSMsgType.PONG:

@@ -7,12 +7,17 @@ The matrix (``test_matrix.py``) runs the common behaviour; here: what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
+import websockets.asyncio.server
 from aiohttp import web
+from websockets.asyncio.server import ServerConnection
 
 import ws_stream
 
@@ -199,3 +204,79 @@ async def test_the_peers_ping_is_answered(autoping: bool) -> None:
             writer.close()
             await asyncio.wait_for(stream_of(writer).wait_closed(), STEP)
         assert 0 < latency < 3.0
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_client_stream(
+    handler: Callable[[ServerConnection], Awaitable[None]], **ws_options: Any
+) -> AsyncIterator[tuple[ws_stream.WsStream, aiohttp.ClientWebSocketResponse]]:
+    """A stream over aiohttp's client (``ws_connect(**ws_options)``) to a websockets
+    server running ``handler``."""
+    async with (
+        websockets.asyncio.server.serve(
+            handler, "127.0.0.1", 0, ping_interval=None, close_timeout=STEP
+        ) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        port = server.sockets[0].getsockname()[1]
+        ws = await session.ws_connect(f"ws://127.0.0.1:{port}/", **ws_options)
+        yield ws_stream.WsStream(ws, close_timeout=STEP), ws
+
+
+async def test_a_receive_that_fails_ends_the_websocket_for_the_peer_too() -> None:
+    """aiohttp's ``receive()`` raising (``receive_timeout``) ends the stream; the
+    WebSocket is closed with 1011 too, not left open with the peer never told."""
+    peer: dict[str, Any] = {}
+
+    async def handler(conn: ServerConnection) -> None:
+        await conn.wait_closed()
+        peer["code"] = conn.close_code
+
+    # receive_timeout= is deprecated where ClientWSTimeout exists.
+    timeout_class = getattr(aiohttp, "ClientWSTimeout", None)
+    if timeout_class is not None:
+        options: dict[str, Any] = {"timeout": timeout_class(ws_receive=0.3)}
+    else:
+        options = {"receive_timeout": 0.3}
+    async with asyncio.timeout(30), aiohttp_client_stream(handler, **options) as (stream, ws):
+        with pytest.raises(ws_stream.WsStreamError):
+            await stream.reader.read()
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+        for _ in range(100):
+            if "code" in peer:
+                break
+            await asyncio.sleep(0.05)
+        assert peer.get("code") == 1011, peer
+        assert ws.closed
+
+
+async def test_the_peers_close_is_answered_when_aiohttp_leaves_it_to_the_application() -> None:
+    """``autoclose=False``: aiohttp does not answer the peer's close; the stream does,
+    with the peer's code (as websockets does), and at once."""
+    peer: dict[str, Any] = {}
+
+    async def handler(conn: ServerConnection) -> None:
+        await conn.send(b"hello")
+        started = asyncio.get_running_loop().time()
+        await conn.close(4000, "peer bye")
+        peer["seconds"] = asyncio.get_running_loop().time() - started
+        peer["code"] = conn.close_code
+
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_stream(handler, autoclose=False) as (
+            stream,
+            ws,
+        ),
+    ):
+        assert await stream.reader.read() == b"hello"
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+        assert (stream.close_code, stream.close_reason) == (4000, "peer bye")
+        assert stream.close_code_sent == 4000
+        for _ in range(100):
+            if "code" in peer:
+                break
+            await asyncio.sleep(0.05)
+        assert peer.get("code") == 4000, peer
+        assert peer["seconds"] < STEP / 2, peer
+        assert ws.closed

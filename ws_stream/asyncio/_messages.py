@@ -407,7 +407,12 @@ class MessageLink(asyncio.Transport):
         return False
 
     def _receive_failed(self, exc: Exception) -> None:
+        """The front end's ``receive()`` raised (aiohttp's ``receive_timeout``, a
+        broken connection): the stream ends with ``exc``, and the front end's
+        connection with 1011 unless it is over, never left open with the peer
+        waiting."""
         logger.info("the %s WebSocket failed: %r", self._socket.name, exc)
+        self._fail_front_end()
         self._connection_lost(exc)
 
     def _feed(self, opcode: Opcode, data: bytes) -> None:
@@ -614,13 +619,18 @@ class MessageLink(asyncio.Transport):
         its own task)."""
         self._closing = True
         self._outbox.clear()
+        self._fail_front_end()
+        self._loop.call_soon(self._connection_lost, None)
+
+    def _fail_front_end(self) -> None:
+        """Unless our close already went out or the peer's came: cancel the send in
+        progress and end the front end's connection with 1011 (in a task)."""
         if not self._close_started and not self._peer_closed and not self._lost:
             self._close_started = self._close_sent = True
             sender = self._sender
             if sender is not None:
                 sender.cancel()  # before the close: its cancellation runs first
             self._failing = self._loop.create_task(self._fail())
-        self._loop.call_soon(self._connection_lost, None)
 
     async def _fail(self) -> None:
         try:

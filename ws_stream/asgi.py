@@ -111,13 +111,23 @@ async def accept(
     ``max_events``).
 
     Raises:
-        ValueError: ``scope`` is not a WebSocket scope, or an option is invalid.
+        ValueError: ``scope`` is not a WebSocket scope, an option is invalid, or
+            the client did not offer ``subprotocol``. Nothing was sent: the
+            application may still refuse the handshake (``websocket.close``:
+            403) or accept it otherwise.
         ConnectionResetError: the client went away before the accept.
         TypeError: an unknown option.
     """
     if scope.get("type") != "websocket":
         raise ValueError(f"accept() needs a WebSocket scope, not {scope.get('type')!r}")
     stream_options = _stream_options(options)
+    if subprotocol is not None:
+        offered = list(scope.get("subprotocols") or ())
+        if subprotocol not in offered:
+            named = ", ".join(map(repr, offered)) or "none"
+            raise ValueError(
+                f"the client did not offer the subprotocol {subprotocol!r} (it offered {named})"
+            )
     message = await receive()
     if message.get("type") != "websocket.connect":
         raise ConnectionResetError(
@@ -126,7 +136,12 @@ async def accept(
     accept_message: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
     if headers:
         accept_message["headers"] = [(k.encode(), v.encode()) for k, v in headers]
-    await send(accept_message)
+    try:
+        await send(accept_message)
+    except OSError as exc:  # uvicorn's ClientDisconnected is an OSError, no ConnectionError
+        raise ConnectionResetError(
+            f"the client went away before the WebSocket was accepted ({exc!r})"
+        ) from exc
     socket = AsgiSocket(scope, receive, send, subprotocol)
     return WsStream._over_messages(socket, stream_options)
 
@@ -224,12 +239,14 @@ class TunnelApp:
         if kind != "websocket":
             return
         peer = _peer(scope)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin")
-        if self.origins is not None and origin not in self.origins:
-            logger.warning("%s: refused: origin %r is not allowed", peer, origin)
-            await send({"type": "websocket.close", "code": 1008})
-            return
+        if self.origins is not None:
+            sent = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"origin"]
+            origin = sent[0] if len(sent) == 1 else None
+            if len(sent) > 1 or origin not in self.origins:
+                shown = repr(origin) if len(sent) < 2 else f"{sent!r} (more than one)"
+                logger.warning("%s: refused: origin %s is not allowed", peer, shown)
+                await send({"type": "websocket.close", "code": 1008})
+                return
         offered = list(scope.get("subprotocols") or ())
         chosen = next((name for name in self.subprotocols if name in offered), None)
         if offered and chosen is None:

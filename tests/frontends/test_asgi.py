@@ -7,6 +7,7 @@ Real ASGI servers (uvicorn's websockets-sansio and wsproto, hypercorn) on
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 from collections.abc import MutableMapping
@@ -209,3 +210,72 @@ async def test_what_the_server_tells_the_app_when_the_client_closes(server: str)
         await asyncio.wait_for(stream_of(writer).close(4002, "later"), STEP)
         message = await asyncio.wait_for(disconnects.get(), STEP)
     assert (message.get("code"), message.get("reason")) == DISCONNECT[server]
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_accept_refuses_a_subprotocol_the_client_did_not_offer(server: str) -> None:
+    """ValueError before anything is sent: the app may still refuse (403)."""
+    outcome: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        try:
+            await accept(scope, receive, send, subprotocol="binary")
+            outcome.append("accepted")
+        except ValueError as exc:
+            outcome.append(f"ValueError: {exc}")
+            await send({"type": "websocket.close"})  # nothing was sent: refuse (403)
+
+    async with asyncio.timeout(30), run_asgi(server, app) as port:
+        for offered in ([], ["chat"]):
+            with pytest.raises(ws_stream.HandshakeError) as refused:
+                await ws_stream.open_connection(
+                    f"ws://127.0.0.1:{port}/", subprotocols=offered or None, ping_interval=None
+                )
+            assert refused.value.status == 403
+    assert outcome == [
+        "ValueError: the client did not offer the subprotocol 'binary' (it offered none)",
+        "ValueError: the client did not offer the subprotocol 'binary' (it offered 'chat')",
+    ]
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_a_client_gone_before_the_accept_is_a_connection_reset(server: str) -> None:
+    """As documented: ``ConnectionResetError`` from ``accept()`` (uvicorn raises its own
+    ``ClientDisconnected``, an OSError), or, where the server accepts anyway
+    (hypercorn), a stream whose reader ends with ``AbnormalClosureError``."""
+    outcome: list[BaseException | str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await asyncio.sleep(0.5)  # the client is gone meanwhile
+        try:
+            stream = await accept(scope, receive, send)
+        except Exception as exc:
+            outcome.append(exc)
+            return
+        try:
+            await asyncio.wait_for(stream.reader.read(), STEP)
+            outcome.append("read returned")
+        except Exception as exc:
+            outcome.append(exc)
+
+    async with asyncio.timeout(30), run_asgi(server, app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+        for _ in range(200):
+            if outcome:
+                break
+            await asyncio.sleep(0.05)
+    assert len(outcome) == 1, outcome
+    assert isinstance(outcome[0], ConnectionResetError | ws_stream.AbnormalClosureError), outcome

@@ -8,6 +8,7 @@ ws_stream's client. The targets are echo servers that count their connections.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -210,6 +211,42 @@ async def test_a_disallowed_origin_gets_403_and_never_reaches_the_target(server:
             assert target.connections == 0
             await _echo_through(uri, 100_000, origin="https://ok.example")
             assert target.connections == 1
+
+
+async def _handshake_status(uri: str, *header_lines: str) -> bytes:
+    """The status line a raw WebSocket handshake to ``uri`` gets, with ``header_lines``."""
+    host, _, path = uri.removeprefix("ws://").partition("/")
+    address, _, port = host.partition(":")
+    reader, writer = await asyncio.open_connection(address, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = [
+        f"GET /{path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *header_lines,
+    ]
+    writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
+    try:
+        return await asyncio.wait_for(reader.readline(), STEP)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_several_origin_headers_are_refused_whatever_their_order(server: str) -> None:
+    """Only one Origin may decide: an allowed one after a refused one does not pass."""
+    async with asyncio.timeout(30), Target() as target:
+        tunnel = TunnelApp(target.address, origins=["https://ok.example"], close_timeout=3.0)
+        async with mounted(server, tunnel) as uri:
+            for first, second in (("evil", "ok"), ("ok", "evil"), ("ok", "ok")):
+                status = await _handshake_status(
+                    uri, f"Origin: https://{first}.example", f"Origin: https://{second}.example"
+                )
+                assert status.startswith(b"HTTP/1.1 4"), (first, second, status)
+            assert target.connections == 0
 
 
 async def test_origins_may_allow_clients_without_one() -> None:

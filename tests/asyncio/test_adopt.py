@@ -48,6 +48,18 @@ async def test_invalid_options_leave_the_connection_to_websockets() -> None:
         assert await ws.recv() == b"still websockets'"
 
 
+async def test_a_connection_is_wrapped_once() -> None:
+    """A second ``WsStream`` over the same connection is refused at once; the first
+    one keeps the connection."""
+    async with stream_server(echo) as uri, connect(uri, ping_interval=None) as ws:
+        stream = ws_stream.WsStream(ws)
+        with pytest.raises(ValueError, match="already wrapped by a WsStream"):
+            ws_stream.WsStream(ws)
+        stream.writer.write(b"still the first stream's")
+        assert await stream.reader.readexactly(24) == b"still the first stream's"
+        await asyncio.wait_for(stream.close(), 5)
+
+
 async def test_a_wrapped_client_streams_and_websockets_sees_the_end() -> None:
     async with stream_server(echo) as uri, connect(uri, ping_interval=None) as ws:
         stream = ws_stream.WsStream(ws)

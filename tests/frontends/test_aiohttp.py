@@ -280,3 +280,19 @@ async def test_the_peers_close_is_answered_when_aiohttp_leaves_it_to_the_applica
         assert peer.get("code") == 4000, peer
         assert peer["seconds"] < STEP / 2, peer
         assert ws.closed
+
+
+async def test_a_websocket_is_wrapped_once() -> None:
+    """A second ``WsStream`` over the same aiohttp WebSocket is refused at once (it
+    used to fail later as a lost connection); the first one keeps it."""
+
+    async def handler(conn: ServerConnection) -> None:
+        async for message in conn:
+            await conn.send(message)
+
+    async with asyncio.timeout(30), aiohttp_client_stream(handler) as (stream, ws):
+        with pytest.raises(ValueError, match="already wrapped by a WsStream"):
+            ws_stream.WsStream(ws)
+        stream.writer.write(b"still the first stream's")
+        assert await stream.reader.readexactly(24) == b"still the first stream's"
+        await asyncio.wait_for(stream.close(), STEP)

@@ -159,6 +159,31 @@ async def test_starlette_websocket_must_be_accepted_first() -> None:
     assert "must be accepted first" in outcome[0]
 
 
+async def test_a_starlette_websocket_is_wrapped_once() -> None:
+    outcome: list[str] = []
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        async with ws_stream.WsStream(websocket) as stream:
+            try:
+                ws_stream.WsStream(websocket)
+            except ValueError as exc:
+                outcome.append(str(exc))
+            while data := await stream.reader.read(65536):
+                stream.writer.write(data)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    async with asyncio.timeout(30), run_asgi("uvicorn-sansio", app) as port:
+        reader, writer = await ws_stream.open_connection(
+            f"ws://127.0.0.1:{port}/ws", ping_interval=None
+        )
+        writer.write(b"the first stream echoes")
+        assert await reader.readexactly(23) == b"the first stream echoes"
+        await asyncio.wait_for(stream_of(writer).close(), STEP)
+    assert len(outcome) == 1
+    assert "already wrapped by a WsStream" in outcome[0]
+
+
 async def test_starlette_stream_options_are_checked() -> None:
     outcome: list[str] = []
 

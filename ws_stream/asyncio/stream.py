@@ -7,6 +7,7 @@ import collections
 import logging
 import ssl
 import sys
+import weakref
 from asyncio import sslproto
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -57,6 +58,8 @@ class WsStream:
     Raises:
         TypeError: ``websocket`` is not a websockets asyncio connection, or an
             option is unknown.
+        ValueError: ``websocket`` is already wrapped by a WsStream (a stream
+            owns its connection), or an option is invalid.
         ws_stream.asyncio.adopt.AdoptionError: the installed websockets
             changed what taking over a connection relies on.
     """
@@ -66,11 +69,17 @@ class WsStream:
     def __init__(
         self, websocket: object, *, _options: StreamOptions | None = None, **options: Any
     ) -> None:
+        if websocket in _WRAPPED:
+            raise ValueError(
+                f"this WebSocket ({type(websocket).__name__}) is already wrapped by a "
+                "WsStream, which owns it: use that stream's reader and writer"
+            )
         socket = _message_socket(websocket)
         if socket is not None:
             from ..asgi import _stream_options
 
             self._over_messages(socket, _stream_options(options), into=self)
+            _WRAPPED.add(websocket)
             return
         unknown = set(options) - _WRAP_OPTIONS
         if unknown:
@@ -99,6 +108,7 @@ class WsStream:
             on_lost=adopted.on_lost,
         )
         self._websocket: Connection | None = websocket
+        _WRAPPED.add(websocket)
         if adopted.lost:
             self._transport._tcp_lost(None)
 
@@ -359,6 +369,10 @@ class WsStream:
             await self.close()
         else:
             await self.close(1011, "internal error")
+
+
+#: The connections and front-end WebSockets a WsStream owns (one stream each).
+_WRAPPED: weakref.WeakSet[object] = weakref.WeakSet()
 
 
 def _message_socket(websocket: object) -> MessageSocket | None:

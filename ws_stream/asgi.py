@@ -21,6 +21,7 @@ After our close, the stream receives until ``websocket.disconnect``; uvicorn
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -111,8 +112,8 @@ async def accept(
     ``max_events``).
 
     Raises:
-        ValueError: ``scope`` is not a WebSocket scope, an option is invalid, or
-            the client did not offer ``subprotocol``. Nothing was sent: the
+        ValueError: ``scope`` is not a WebSocket scope, an option or a header
+            is invalid, or the client did not offer ``subprotocol``. Nothing was sent: the
             application may still refuse the handshake (``websocket.close``:
             403) or accept it otherwise.
         ConnectionResetError: the client went away before the accept.
@@ -128,14 +129,14 @@ async def accept(
             raise ValueError(
                 f"the client did not offer the subprotocol {subprotocol!r} (it offered {named})"
             )
+    accept_message: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
+    if headers:
+        accept_message["headers"] = [_header(name, value) for name, value in headers]
     message = await receive()
     if message.get("type") != "websocket.connect":
         raise ConnectionResetError(
             f"the client went away before the WebSocket was accepted ({message.get('type')})"
         )
-    accept_message: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
-    if headers:
-        accept_message["headers"] = [(k.encode(), v.encode()) for k, v in headers]
     try:
         await send(accept_message)
     except OSError as exc:  # uvicorn's ClientDisconnected is an OSError, no ConnectionError
@@ -147,6 +148,23 @@ async def accept(
 
 
 _OPTIONS = frozenset({"limit", "max_frame_size", "on_text", "close_timeout", "max_events"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field names
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control but tab
+
+
+def _header(name: str, value: str) -> tuple[bytes, bytes]:
+    """A response header for ``websocket.accept``: bytes as ASGI wants them, ISO-8859-1
+    as HTTP/1.1 has it (what the request headers of the scope decode with)."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}: letters, digits and !#$%&'*+-.^_`|~")
+    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+        raise ValueError(f"invalid value for the header {name}: {value!r} (no control characters)")
+    try:
+        return name.encode("ascii"), value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"the value of the header {name} is not ISO-8859-1 (HTTP/1.1's): {value!r}"
+        ) from None
 
 
 def _stream_options(options: dict[str, Any]) -> StreamOptions:

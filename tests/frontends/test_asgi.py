@@ -304,3 +304,34 @@ async def test_a_client_gone_before_the_accept_is_a_connection_reset(server: str
             await asyncio.sleep(0.05)
     assert len(outcome) == 1, outcome
     assert isinstance(outcome[0], ConnectionResetError | ws_stream.AbnormalClosureError), outcome
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_accept_checks_its_response_headers(server: str) -> None:
+    """Invalid names and values are a ValueError before anything is sent (the app may
+    still refuse: 403); values go out as ISO-8859-1, as the scope's headers come in."""
+    outcome: list[str] = []
+    bad = [("bad name", "x"), ("X-A:b", "x"), ("X-A", "line\r\nbreak"), ("X-A", "€")]
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        for header in bad:
+            try:
+                await accept(scope, receive, send, headers=[header])
+                outcome.append(f"accepted {header}")
+                return
+            except ValueError as exc:
+                outcome.append(str(exc))
+        async with await accept(scope, receive, send, headers=[("X-Cafe", "café")]):
+            pass
+
+    async with asyncio.timeout(30), run_asgi(server, app) as port:
+        reader, writer = await ws_stream.open_connection(
+            f"ws://127.0.0.1:{port}/", ping_interval=None
+        )
+        assert writer.get_extra_info("response").headers["X-Cafe"] == "café"
+        assert await asyncio.wait_for(reader.read(), STEP) == b""
+        writer.close()
+    assert len(outcome) == len(bad), outcome
+    assert all("header" in text for text in outcome), outcome

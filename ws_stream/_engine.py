@@ -662,7 +662,8 @@ class Engine:
             self.lost_writes += 1
             return False
         if n >= self.options.max_frame_size:
-            self.flush()
+            if self._pending:
+                self.flush()
             self.send(data)
         elif first and not self._pending:
             self.send(data)

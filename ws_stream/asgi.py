@@ -113,9 +113,9 @@ async def accept(
 
     Raises:
         ValueError: ``scope`` is not a WebSocket scope, an option or a header
-            is invalid, or the client did not offer ``subprotocol``. Nothing was sent: the
-            application may still refuse the handshake (``websocket.close``:
-            403) or accept it otherwise.
+            is invalid, or the client did not offer ``subprotocol``. Nothing
+            was sent: the application may still refuse the handshake
+            (``websocket.close``: 403) or accept it otherwise.
         ConnectionResetError: the client went away before the accept.
         TypeError: an unknown option.
     """

@@ -60,6 +60,17 @@ async def test_a_connection_is_wrapped_once() -> None:
         await asyncio.wait_for(stream.close(), 5)
 
 
+async def test_what_is_no_websocket_is_refused_as_such() -> None:
+    """Whatever the object (hashable or not), the error says what WsStream wraps."""
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+    for thing in (Unhashable(), [], "ws://x/"):
+        with pytest.raises(TypeError, match="websockets"):
+            ws_stream.WsStream(thing)
+
+
 async def test_a_wrapped_client_streams_and_websockets_sees_the_end() -> None:
     async with stream_server(echo) as uri, connect(uri, ping_interval=None) as ws:
         stream = ws_stream.WsStream(ws)

@@ -69,7 +69,7 @@ class WsStream:
     def __init__(
         self, websocket: object, *, _options: StreamOptions | None = None, **options: Any
     ) -> None:
-        if websocket in _WRAPPED:
+        if _wrapped(websocket):
             raise ValueError(
                 f"this WebSocket ({type(websocket).__name__}) is already wrapped by a "
                 "WsStream, which owns it: use that stream's reader and writer"
@@ -373,6 +373,15 @@ class WsStream:
 
 #: The connections and front-end WebSockets a WsStream owns (one stream each).
 _WRAPPED: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def _wrapped(websocket: object) -> bool:
+    """Whether a WsStream owns ``websocket`` (False for what it cannot hold: the
+    type check that follows says what is wrong with such an object)."""
+    try:
+        return websocket in _WRAPPED
+    except TypeError:  # unhashable
+        return False
 
 
 def _message_socket(websocket: object) -> MessageSocket | None:

@@ -33,6 +33,10 @@ class AiohttpSocket:
         #: The close code aiohttp answered the peer's close with (its ``close()``
         #: with ``autoclose=True``: always 1000), None if it did not answer.
         self.answered: int | None = None
+        #: The peer's close came and aiohttp left the answer to the application
+        #: (``autoclose=False``): the stream's engine answers, through close().
+        self.unanswered = False
+        self._closed_by_us = False  # our close frame went out (send_frame)
 
     async def receive(self) -> Message:
         from aiohttp import WSMsgType
@@ -51,12 +55,15 @@ class AiohttpSocket:
                 # the answer is the application's: the peer's code, echoed as
                 # websockets does (1000 for none).
                 code = int(message.data) or 1005
-                if not ws.closed:
-                    answer = 1000 if code == 1005 else code
-                    await ws.close(code=answer)
-                    self.answered = answer
-                else:
+                if not ws.closed and self._closed_by_us:
+                    # autoclose=False, and this answers our close: the handshake
+                    # is over; aiohttp's close() ends the connection, with one
+                    # more close frame, as autoclose does.
+                    await ws.close()
+                if ws.closed:
                     self.answered = 1000
+                else:
+                    self.unanswered = True
                 return CLOSE, (code, message.extra or "")
             if kind is WSMsgType.PING:  # autoping=False: the stream answers
                 return PING, bytes(message.data)
@@ -83,6 +90,10 @@ class AiohttpSocket:
         """
         from aiohttp import WSMsgType
 
+        if self.unanswered:  # the answer to the peer's close: aiohttp's close() ends it
+            await self.ws.close(code=code, message=reason.encode())
+            return
+        self._closed_by_us = True
         payload = struct.pack("!H", code) + reason.encode()
         await self.ws.send_frame(payload, WSMsgType.CLOSE)
 
@@ -91,6 +102,13 @@ class AiohttpSocket:
         then aiohttp drops the connection after its own close timeout at the latest;
         no clean close can follow."""
         await self.ws.close(code=code, message=reason.encode())
+
+    async def drop(self) -> None:
+        """Our close went out and the peer did not answer it within the stream's
+        ``close_timeout``: aiohttp's ``close()`` (it does not know of our close)
+        sends one more and ends the connection, after its own close timeout at
+        the latest."""
+        await self.ws.close(code=1011, message=b"close timeout")
 
     async def pong(self, data: bytes) -> None:
         await self.ws.pong(data)

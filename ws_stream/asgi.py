@@ -47,6 +47,7 @@ class AsgiSocket:
     # peer's message (too big, invalid): ASGI does not say whose close it was.
     own_verdicts = True
     answered: int | None = None  # the server sends no close of its own
+    unanswered = False  # the server answers the peer's close itself
 
     def __init__(
         self, scope: Scope, receive: Receive, send: Send, subprotocol: str | None = None
@@ -81,6 +82,10 @@ class AsgiSocket:
     async def fail(self, code: int, reason: str) -> None:
         """``websocket.close`` with ``code`` (the application then stops receiving)."""
         await self.close(code, reason)
+
+    async def drop(self) -> None:
+        """Nothing: after the application's ``websocket.close``, the server ends the
+        connection (at the latest when the application returns)."""
 
     def extra(self) -> dict[str, Any]:
         scope = self.scope

@@ -27,6 +27,7 @@ class HeldFrontEnd:
     client = False
     own_verdicts = True
     answered: int | None = None
+    unanswered = False
 
     def __init__(self) -> None:
         self.incoming: asyncio.Queue[Message] = asyncio.Queue()
@@ -36,6 +37,7 @@ class HeldFrontEnd:
         self.receivers: list[asyncio.Task[Any] | None] = []  # the task of each receive()
         self.receives_cancelled = 0
         self.failed: int | None = None  # the code of fail()
+        self.dropped = False  # drop() was called
 
     async def receive(self) -> Message:
         self.receivers.append(asyncio.current_task())
@@ -57,6 +59,9 @@ class HeldFrontEnd:
 
     async def fail(self, code: int, reason: str) -> None:
         self.failed = code
+
+    async def drop(self) -> None:
+        self.dropped = True
 
     def extra(self) -> dict[str, Any]:
         return {}

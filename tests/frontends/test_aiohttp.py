@@ -21,6 +21,7 @@ from websockets.asyncio.server import ServerConnection
 
 import ws_stream
 
+from ..rawpeer import BINARY, CLOSE, RawPeer, RawServer, close_payload
 from .helpers import PATH, STEP, run_aiohttp, stream_of
 
 
@@ -296,3 +297,92 @@ async def test_a_websocket_is_wrapped_once() -> None:
         stream.writer.write(b"still the first stream's")
         assert await stream.reader.readexactly(24) == b"still the first stream's"
         await asyncio.wait_for(stream.close(), STEP)
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_client_and_raw_peer(
+    **ws_options: Any,
+) -> AsyncIterator[tuple[ws_stream.WsStream, aiohttp.ClientWebSocketResponse, RawPeer]]:
+    """A stream over aiohttp's client (``ws_connect(**ws_options)``) to a raw peer."""
+    async with RawServer() as server, aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(server.uri, **ws_options)
+        peer = await server.accept()
+        yield ws_stream.WsStream(ws, close_timeout=1.0), ws, peer
+
+
+async def _frames_until_eof(peer: RawPeer) -> list[tuple[int, bytes]]:
+    frames = []
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        while True:
+            frame = await peer.recv_frame(STEP)
+            frames.append((frame.opcode, frame.payload))
+    return frames
+
+
+@pytest.mark.parametrize("autoclose", [True, False])
+async def test_our_close_answered_ends_the_connection(autoclose: bool) -> None:
+    """We close first, the peer answers: aiohttp's connection ends (with autoclose=False
+    too), and only aiohttp's own second close frame may follow ours (as autoclose does)."""
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_and_raw_peer(autoclose=autoclose) as (
+            stream,
+            ws,
+            peer,
+        ),
+    ):
+        closing = asyncio.create_task(stream.close(4001, "done"))
+        assert await peer.recv_close(STEP) == (4001, "done")
+        peer.send(CLOSE, close_payload(4001, "done"))
+        await peer.writer.drain()
+        await asyncio.wait_for(closing, STEP)
+        assert (stream.close_code, stream.close_code_sent) == (4001, 4001)
+        after = await _frames_until_eof(peer)  # aiohttp ends the TCP connection
+        assert after in ([], [(CLOSE, close_payload(1000))]), after
+        assert ws.closed
+
+
+@pytest.mark.parametrize("code", [1000, 4000, 5000])
+async def test_the_peers_close_with_autoclose_off_is_answered_as_over_tcp(code: int) -> None:
+    """autoclose=False: the stream's engine answers the peer's close, as over TCP: its
+    code and reason echoed (5000, invalid on the wire: 1002 and ProtocolError); then
+    aiohttp's connection ends."""
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_and_raw_peer(autoclose=False) as (
+            stream,
+            ws,
+            peer,
+        ),
+    ):
+        peer.send(BINARY, b"data first")
+        peer.send(CLOSE, close_payload(code, "bye"))
+        await peer.writer.drain()
+        frames = await _frames_until_eof(peer)
+        if code == 5000:
+            assert frames == [(CLOSE, close_payload(1002, "invalid status code"))], frames
+            assert await stream.reader.read(100) == b"data first"
+            with pytest.raises(ws_stream.ProtocolError):
+                await stream.reader.read()
+        else:
+            assert frames == [(CLOSE, close_payload(code, "bye"))], frames
+            assert await stream.reader.read() == b"data first"
+            assert (stream.close_code, stream.close_reason) == (code, "bye")
+            assert stream.close_code_sent == code
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+        assert ws.closed
+
+
+async def test_our_close_unanswered_ends_the_connection_after_the_close_timeout() -> None:
+    """The peer never answers our close: after ``close_timeout`` the stream is over and
+    aiohttp's connection ends too (bounded by aiohttp's own close timeout)."""
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_and_raw_peer(timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+        if hasattr(aiohttp, "ClientWSTimeout")
+        else aiohttp_client_and_raw_peer(timeout=1.0) as (stream, ws, peer),
+    ):
+        await asyncio.wait_for(stream.close(), STEP)
+        assert stream.close_code == 1006
+        await asyncio.wait_for(peer.wait_eof(STEP), STEP)  # the TCP connection ends
+        assert ws.closed

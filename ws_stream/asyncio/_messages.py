@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import struct
 from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
@@ -108,6 +109,10 @@ class MessageSocket(Protocol):
     #: 1000), set by :meth:`receive` with that CLOSE; None: it sends no answer of
     #: its own (the peer's close is echoed, as websockets does).
     answered: int | None
+    #: Set by :meth:`receive` with the peer's CLOSE when the front end left the
+    #: answer to the application (aiohttp with ``autoclose=False``): the engine's
+    #: answer goes to :meth:`close`, and the link ends once it is sent.
+    unanswered: bool
 
     async def close(self, code: int, reason: str) -> None:
         """Send our close frame; :meth:`receive` goes on until the peer's close (or
@@ -116,6 +121,11 @@ class MessageSocket(Protocol):
     async def fail(self, code: int, reason: str) -> None:
         """End the connection now with ``code`` (a close frame if none went out yet);
         what the peer sends from then on is discarded."""
+
+    async def drop(self) -> None:
+        """Our close went out and the peer's answer did not come in time (or the
+        front end failed meanwhile): end the connection, if the front end would
+        not do it on its own."""
 
     def extra(self) -> dict[str, Any]:
         """``get_extra_info()`` names this front end answers (peername, ...)."""
@@ -291,6 +301,7 @@ class MessageLink(asyncio.Transport):
         self._peer_closed = False  # the front end reported the peer's close
         self._close_sent = False  # our close went (or goes) to the front end
         self._close_started = False  # the front end's close was called (it went out)
+        self._answering = False  # the engine's answer to the peer's close is queued
         self._failing: asyncio.Task[None] | None = None  # abort()'s close with 1011
         self._closing = False
         self._lost = False
@@ -318,7 +329,7 @@ class MessageLink(asyncio.Transport):
 
     async def _receiver(self) -> None:
         try:
-            while not self._lost:
+            while not (self._lost or self._peer_closed):  # then nothing more comes
                 await self._reading.wait()
                 if self._receiving:  # the reader fetches: wait until it stops
                     self._watching.clear()
@@ -344,7 +355,7 @@ class MessageLink(asyncio.Transport):
     def pull(self) -> _Pull | None:
         """For the reader: the next message fetched in its own task, or None when a
         receive is already in flight (or no more will be made)."""
-        if self._receiving or self._lost or not self._reading.is_set():
+        if self._receiving or self._lost or self._peer_closed or not self._reading.is_set():
             self._reader_waits = True
             return None
         return _Pull(self)
@@ -402,7 +413,8 @@ class MessageLink(asyncio.Transport):
                 ws = self._stream
                 if answer is not None and ws is not None:
                     ws.engine.front_end_answered(Close(answer, ""))
-                self._connection_lost(None)
+                if not self._answering:  # else the sender ends the link, once it answered
+                    self._connection_lost(None)
             return True
         return False
 
@@ -422,7 +434,16 @@ class MessageLink(asyncio.Transport):
             self._protocol.data_received(frame)
 
     def _feed_close(self, code: int, reason: str) -> None:
-        payload = b"" if code == 1005 else Close(code, reason).serialize()
+        if code == 1005:
+            payload = b""
+        elif self._socket.own_verdicts:
+            # A server's report (ASGI), not always a frame: a code no peer may
+            # send fails the link (serialize() raises), a lost connection.
+            payload = Close(code, reason).serialize()
+        else:
+            # The peer's own close frame (aiohttp), unchecked: websockets, in
+            # the engine, decides an invalid code as over TCP (1002).
+            payload = struct.pack("!H", code) + reason.encode()
         self._feed(Opcode.CLOSE, payload)
 
     # Outgoing: frames from the engine -> messages
@@ -439,8 +460,13 @@ class MessageLink(asyncio.Transport):
                 self._queued += len(event.data)
             elif event.opcode is Opcode.CLOSE:
                 close = Close.parse(event.data)
-                if not self._peer_closed and not self._close_sent:
+                if self._close_sent:
+                    pass
+                elif not self._peer_closed:
                     self._close_sent = True
+                    self._outbox.append((CLOSE, (close.code, close.reason)))
+                elif self._socket.unanswered:  # the answer is ours to send
+                    self._close_sent = self._answering = True
                     self._outbox.append((CLOSE, (close.code, close.reason)))
             elif event.opcode is Opcode.PONG and hasattr(self._socket, "pong"):
                 self._outbox.append((PONG, event.data))
@@ -534,6 +560,9 @@ class MessageLink(asyncio.Transport):
                     # The receiver goes on until the front end reports the
                     # peer's close: what the peer sent before it still counts.
                     await socket.close(code, reason)
+                    if self._answering:  # that was the answer to the peer's close
+                        self._sender = None
+                        self._connection_lost(None)
                     return
         except asyncio.CancelledError:
             raise
@@ -608,6 +637,8 @@ class MessageLink(asyncio.Transport):
             self._close_sent = True
             self._outbox.append((CLOSE, (1000, "")))
             self._pump()
+        elif self._answering and not self._lost:
+            pass  # the sender ends the link once the answer to the peer's close is sent
         elif self._peer_closed or not self._outbox:
             self._loop.call_soon(self._connection_lost, None)
 
@@ -623,18 +654,23 @@ class MessageLink(asyncio.Transport):
         self._loop.call_soon(self._connection_lost, None)
 
     def _fail_front_end(self) -> None:
-        """Unless our close already went out or the peer's came: cancel the send in
-        progress and end the front end's connection with 1011 (in a task)."""
-        if not self._close_started and not self._peer_closed and not self._lost:
-            self._close_started = self._close_sent = True
-            sender = self._sender
-            if sender is not None:
-                sender.cancel()  # before the close: its cancellation runs first
-            self._failing = self._loop.create_task(self._fail())
+        """Unless the peer's close came: cancel the send in progress and end the front
+        end's connection with 1011, or, once our close went out, drop it (in a task)."""
+        if self._peer_closed or self._lost or self._failing is not None:
+            return
+        drop = self._close_started
+        self._close_started = self._close_sent = True
+        sender = self._sender
+        if sender is not None:
+            sender.cancel()  # before the close: its cancellation runs first
+        self._failing = self._loop.create_task(self._fail(drop))
 
-    async def _fail(self) -> None:
+    async def _fail(self, drop: bool) -> None:
         try:
-            await self._socket.fail(1011, "connection dropped")
+            if drop:
+                await self._socket.drop()
+            else:
+                await self._socket.fail(1011, "connection dropped")
         except Exception as exc:
             logger.info("closing the %s WebSocket failed: %r", self._socket.name, exc)
         finally:

@@ -13,12 +13,16 @@ answering the peer's close.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 from typing import Any
 
 from .asyncio._messages import BYTES, CLOSE, PING, PONG, TEXT, Message
 
 __all__ = ["AiohttpSocket"]
+
+logger = logging.getLogger("ws_stream.aiohttp")
 
 
 class AiohttpSocket:
@@ -37,6 +41,7 @@ class AiohttpSocket:
         #: (``autoclose=False``): the stream's engine answers, through close().
         self.unanswered = False
         self._closed_by_us = False  # our close frame went out (send_frame)
+        self._closing: set[asyncio.Task[Any]] = set()  # aiohttp's close() in the background
 
     async def receive(self) -> Message:
         from aiohttp import WSMsgType
@@ -52,18 +57,21 @@ class AiohttpSocket:
             if kind is WSMsgType.CLOSE:
                 # aiohttp says 0 for a close frame without a code (1005). With
                 # autoclose, it answered with its close(): code 1000. Without,
-                # the answer is the application's: the peer's code, echoed as
-                # websockets does (1000 for none).
+                # the answer is the application's: the engine's, through
+                # close() (1000 for a close without a code: aiohttp cannot send
+                # an empty one).
                 code = int(message.data) or 1005
-                if not ws.closed and self._closed_by_us:
+                if ws.closed:
+                    self.answered = 1000
+                elif self._closed_by_us:
                     # autoclose=False, and this answers our close: the handshake
                     # is over; aiohttp's close() ends the connection, with one
                     # more close frame, as autoclose does.
-                    await ws.close()
-                if ws.closed:
-                    self.answered = 1000
+                    self._close_in_background(1000, "")
                 else:
                     self.unanswered = True
+                    if code == 1005:
+                        self.answered = 1000
                 return CLOSE, (code, message.extra or "")
             if kind is WSMsgType.PING:  # autoping=False: the stream answers
                 return PING, bytes(message.data)
@@ -91,7 +99,7 @@ class AiohttpSocket:
         from aiohttp import WSMsgType
 
         if self.unanswered:  # the answer to the peer's close: aiohttp's close() ends it
-            await self.ws.close(code=code, message=reason.encode())
+            self._close_in_background(1000 if code == 1005 else code, reason)
             return
         self._closed_by_us = True
         payload = struct.pack("!H", code) + reason.encode()
@@ -102,6 +110,22 @@ class AiohttpSocket:
         then aiohttp drops the connection after its own close timeout at the latest;
         no clean close can follow."""
         await self.ws.close(code=code, message=reason.encode())
+
+    def _close_in_background(self, code: int, reason: str) -> None:
+        """aiohttp's ``close()``, in a task: it sends the close frame at once, then may
+        wait for a close frame that will not come (aiohttp's client does when the
+        peer's close had no code), up to aiohttp's own close timeout; the stream
+        does not wait for that."""
+        task = asyncio.get_running_loop().create_task(
+            self.ws.close(code=code, message=reason.encode())
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[Any]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.info("closing the aiohttp WebSocket failed: %r", task.exception())
 
     async def drop(self) -> None:
         """Our close went out and the peer did not answer it within the stream's

@@ -301,13 +301,21 @@ async def test_a_websocket_is_wrapped_once() -> None:
 
 @contextlib.asynccontextmanager
 async def aiohttp_client_and_raw_peer(
-    **ws_options: Any,
+    close_timeout: float = 1.0, **ws_options: Any
 ) -> AsyncIterator[tuple[ws_stream.WsStream, aiohttp.ClientWebSocketResponse, RawPeer]]:
     """A stream over aiohttp's client (``ws_connect(**ws_options)``) to a raw peer."""
     async with RawServer() as server, aiohttp.ClientSession() as session:
         ws = await session.ws_connect(server.uri, **ws_options)
         peer = await server.accept()
-        yield ws_stream.WsStream(ws, close_timeout=1.0), ws, peer
+        yield ws_stream.WsStream(ws, close_timeout=close_timeout), ws, peer
+
+
+def aiohttp_close_timeout(seconds: float) -> dict[str, Any]:
+    """``ws_connect()``'s option for aiohttp's own close timeout, in either spelling."""
+    timeout_class = getattr(aiohttp, "ClientWSTimeout", None)
+    if timeout_class is not None:
+        return {"timeout": timeout_class(ws_close=seconds)}
+    return {"timeout": seconds}
 
 
 async def _frames_until_eof(peer: RawPeer) -> list[tuple[int, bytes]]:
@@ -342,24 +350,29 @@ async def test_our_close_answered_ends_the_connection(autoclose: bool) -> None:
         assert ws.closed
 
 
-@pytest.mark.parametrize("code", [1000, 4000, 5000])
+@pytest.mark.parametrize("code", [1000, 4000, 5000, 1005])
 async def test_the_peers_close_with_autoclose_off_is_answered_as_over_tcp(code: int) -> None:
     """autoclose=False: the stream's engine answers the peer's close, as over TCP: its
-    code and reason echoed (5000, invalid on the wire: 1002 and ProtocolError); then
-    aiohttp's connection ends."""
+    code and reason echoed (5000, invalid on the wire: 1002 and ProtocolError; none:
+    1000, since aiohttp cannot send an empty close); the stream is over long before its
+    close timeout, and aiohttp's connection ends (after a close without a code,
+    aiohttp's client waits for its own close timeout first)."""
     async with (
         asyncio.timeout(30),
-        aiohttp_client_and_raw_peer(autoclose=False) as (
-            stream,
-            ws,
-            peer,
-        ),
+        aiohttp_client_and_raw_peer(
+            close_timeout=STEP, autoclose=False, **aiohttp_close_timeout(1.0)
+        ) as (stream, ws, peer),
     ):
         peer.send(BINARY, b"data first")
-        peer.send(CLOSE, close_payload(code, "bye"))
+        peer.send(CLOSE, b"" if code == 1005 else close_payload(code, "bye"))
         await peer.writer.drain()
+        await asyncio.wait_for(stream.wait_closed(), STEP / 2)
         frames = await _frames_until_eof(peer)
-        if code == 5000:
+        if code == 1005:
+            assert frames == [(CLOSE, close_payload(1000))], frames
+            assert await stream.reader.read() == b"data first"
+            assert (stream.close_code, stream.close_code_sent) == (1005, 1000)
+        elif code == 5000:
             assert frames == [(CLOSE, close_payload(1002, "invalid status code"))], frames
             assert await stream.reader.read(100) == b"data first"
             with pytest.raises(ws_stream.ProtocolError):
@@ -378,11 +391,35 @@ async def test_our_close_unanswered_ends_the_connection_after_the_close_timeout(
     aiohttp's connection ends too (bounded by aiohttp's own close timeout)."""
     async with (
         asyncio.timeout(30),
-        aiohttp_client_and_raw_peer(timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
-        if hasattr(aiohttp, "ClientWSTimeout")
-        else aiohttp_client_and_raw_peer(timeout=1.0) as (stream, ws, peer),
+        aiohttp_client_and_raw_peer(**aiohttp_close_timeout(1.0)) as (stream, ws, peer),
     ):
         await asyncio.wait_for(stream.close(), STEP)
         assert stream.close_code == 1006
         await asyncio.wait_for(peer.wait_eof(STEP), STEP)  # the TCP connection ends
+        assert ws.closed
+
+
+@pytest.mark.parametrize("autoclose", [True, False])
+async def test_the_peers_close_behind_our_unread_data_ends_the_connection(
+    autoclose: bool,
+) -> None:
+    """The peer closes while our data waits for it to read: after ``close_timeout`` the
+    stream is over, and once the peer reads, a close frame and the end of TCP follow
+    the data (the connection is never left open)."""
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_and_raw_peer(autoclose=autoclose) as (
+            stream,
+            ws,
+            peer,
+        ),
+    ):
+        stream.writer.write(b"x" * 20_000_000)
+        await asyncio.sleep(0.3)
+        peer.send(CLOSE, close_payload(4000, "theirs"))
+        await peer.writer.drain()
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+        frames = await _frames_until_eof(peer)
+        closes = [payload for opcode, payload in frames if opcode == CLOSE]
+        assert closes, frames[-3:]
         assert ws.closed

@@ -413,6 +413,8 @@ class MessageLink(asyncio.Transport):
                 ws = self._stream
                 if answer is not None and ws is not None:
                     ws.engine.front_end_answered(Close(answer, ""))
+                if self._socket.unanswered and self._close_sent and not self._close_started:
+                    self._answering = True  # our close, still queued, is the answer
                 if not self._answering:  # else the sender ends the link, once it answered
                     self._connection_lost(None)
             return True
@@ -654,9 +656,12 @@ class MessageLink(asyncio.Transport):
         self._loop.call_soon(self._connection_lost, None)
 
     def _fail_front_end(self) -> None:
-        """Unless the peer's close came: cancel the send in progress and end the front
-        end's connection with 1011, or, once our close went out, drop it (in a task)."""
-        if self._peer_closed or self._lost or self._failing is not None:
+        """Unless the peer's close came and was answered: cancel the send in progress
+        and end the front end's connection with 1011 (the answer, if the front end
+        left it to us), or, once our close went out, drop it (in a task)."""
+        if self._lost or self._failing is not None:
+            return
+        if self._peer_closed and not (self._answering and not self._close_started):
             return
         drop = self._close_started
         self._close_started = self._close_sent = True

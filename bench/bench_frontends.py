@@ -786,17 +786,11 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         summary[fe] = {
             "bulk_mb_per_s": throughput,
             "bulk_ratio": bulk_ratio,
-            "bulk_round_ratios": [
-                p["seconds"] / s["seconds"]
-                for s, p in zip(bulk["stream"], bulk["plain"], strict=True)
-            ],
+            "bulk_round_ratios": speedups(bulk),
             "bulk_target_met": bulk_ratio >= BULK_TARGET,
             "light_mb_per_s": light_throughput,
             "light_ratio": light_ratio,
-            "light_round_ratios": [
-                p["seconds"] / s["seconds"]
-                for s, p in zip(light["stream"], light["plain"], strict=True)
-            ],
+            "light_round_ratios": speedups(light),
             "light_target_met": light_ratio >= BULK_TARGET,
             "light_cpu_s_per_gib": {
                 v: cpu_per_gib(2 * settings["bulk_bytes"], light[v]) for v in VARIANTS
@@ -856,6 +850,11 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "ceiling_left": ceiling(left, *costs),
     }
     return summary
+
+
+def speedups(runs: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """Each round's throughput ratio, stream / plain (the plain run's time over the stream's)."""
+    return [p["seconds"] / s["seconds"] for s, p in zip(runs["stream"], runs["plain"], strict=True)]
 
 
 def ceiling(cpus: float, one: float, two: float, load: float, spread: float) -> float | None:

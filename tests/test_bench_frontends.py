@@ -39,6 +39,14 @@ def row(table: str, *first: str) -> list[str]:
     return [cell.strip() for cell in rows[0].strip().strip("|").split("|")][len(first) :]
 
 
+def check_target(cells: list[str], value: str, target: str, met: bool) -> None:
+    """A measured row: (a), (b) positive in ``value``'s unit, (a)/(b), the target, met."""
+    stream, plain = positive(cells[0], value), positive(cells[1], value)
+    assert ratio(cells[2]) == pytest.approx(stream / plain, abs=0.02)
+    assert cells[3] == target
+    assert cells[4] == ("yes" if met else "**no**")
+
+
 @pytest.mark.timeout(300)
 def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     report_path = tmp_path / "frontends.json"
@@ -68,19 +76,11 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     for key, title in FRONT_ENDS.items():
         summary = report["summary"][key]
         bulk = row(table, title, f"bulk echo, {mib} MiB in 64 KiB messages")
-        stream = positive(bulk[0], r"(\d+) MB/s")
-        plain = positive(bulk[1], r"(\d+) MB/s")
-        assert ratio(bulk[2]) == pytest.approx(stream / plain, abs=0.02)
-        assert bulk[3] == ">= 0.9x"
-        assert bulk[4] == ("yes" if summary["bulk_target_met"] else "**no**")
+        check_target(bulk, r"(\d+) MB/s", ">= 0.9x", summary["bulk_target_met"])
         assert summary["bulk_target_met"] == (summary["bulk_ratio"] >= 0.9)
 
         rtt = row(table, title, f"64 B echo RTT p50 ({settings['pings']} pings)")
-        stream = positive(rtt[0], rf"({NUMBER}) us")
-        plain = positive(rtt[1], rf"({NUMBER}) us")
-        assert ratio(rtt[2]) == pytest.approx(stream / plain, abs=0.02)
-        assert rtt[3] == "<= 1.1x"
-        assert rtt[4] == ("yes" if summary["rtt_target_met"] else "**no**")
+        check_target(rtt, rf"({NUMBER}) us", "<= 1.1x", summary["rtt_target_met"])
         assert summary["rtt_target_met"] == (summary["rtt_ratio"] <= 1.1)
 
         cpu = row(table, title, "server CPU per GiB moved (in + out), bulk echo")
@@ -94,11 +94,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
 
         # The same echo with a client that leaves the CPUs to the server.
         light = row(table, title, f"bulk echo, {mib} MiB, light client (the server busier)")
-        stream = positive(light[0], r"(\d+) MB/s")
-        plain = positive(light[1], r"(\d+) MB/s")
-        assert ratio(light[2]) == pytest.approx(stream / plain, abs=0.02)
-        assert light[3] == ">= 0.9x"
-        assert light[4] == ("yes" if summary["light_target_met"] else "**no**")
+        check_target(light, r"(\d+) MB/s", ">= 0.9x", summary["light_target_met"])
         assert summary["light_target_met"] == (summary["light_ratio"] >= 0.9)
         light_cpu = row(table, title, "the same, server CPU per GiB moved / CPUs busy")
         for cell in light_cpu[:2]:

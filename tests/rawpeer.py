@@ -122,8 +122,11 @@ class RawPeer:
         self.writer.transport.abort()
 
 
-async def connect_raw(port: int, path: str = "/", headers: str = "") -> RawPeer:
-    """Connect to a WebSocket server on 127.0.0.1:port and complete the handshake."""
+async def send_handshake(
+    port: int, path: str = "/", headers: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to 127.0.0.1:port and send a WebSocket handshake request (``headers``:
+    extra lines, each ending with CRLF); the response is the caller's to read."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
@@ -133,6 +136,13 @@ async def connect_raw(port: int, path: str = "/", headers: str = "") -> RawPeer:
             f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
         ).encode()
     )
+    await writer.drain()
+    return reader, writer
+
+
+async def connect_raw(port: int, path: str = "/", headers: str = "") -> RawPeer:
+    """Connect to a WebSocket server on 127.0.0.1:port and complete the handshake."""
+    reader, writer = await send_handshake(port, path, headers)
     async with asyncio.timeout(5):
         response = await reader.readuntil(b"\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 101"), response

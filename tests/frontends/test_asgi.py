@@ -7,7 +7,6 @@ Real ASGI servers (uvicorn's websockets-sansio and wsproto, hypercorn) on
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 from collections.abc import MutableMapping
@@ -21,7 +20,7 @@ from starlette.websockets import WebSocket
 import ws_stream
 from ws_stream.asgi import accept
 
-from ..rawpeer import BINARY, CLOSE, TEXT, close_payload, connect_raw
+from ..rawpeer import BINARY, CLOSE, TEXT, close_payload, connect_raw, send_handshake
 from .helpers import STEP, run_asgi, stream_of
 
 ASGI_SERVERS = ("uvicorn-sansio", "uvicorn-wsproto", "hypercorn")
@@ -288,14 +287,7 @@ async def test_a_client_gone_before_the_accept_is_a_connection_reset(server: str
             outcome.append(exc)
 
     async with asyncio.timeout(30), run_asgi(server, app) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        await writer.drain()
+        _, writer = await send_handshake(port)
         await asyncio.sleep(0.05)
         writer.transport.abort()
         for _ in range(200):

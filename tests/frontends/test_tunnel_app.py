@@ -8,7 +8,6 @@ ws_stream's client. The targets are echo servers that count their connections.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import os
@@ -26,6 +25,7 @@ from starlette.routing import Mount
 import ws_stream
 from ws_stream.asgi import TunnelApp
 
+from ..rawpeer import send_handshake
 from .helpers import STEP, free_socket, run_asgi, stream_of
 
 ASGI_SERVERS = ("uvicorn-sansio", "uvicorn-wsproto", "hypercorn")
@@ -216,19 +216,8 @@ async def test_a_disallowed_origin_gets_403_and_never_reaches_the_target(server:
 async def _handshake_status(uri: str, *header_lines: str) -> bytes:
     """The status line a raw WebSocket handshake to ``uri`` gets, with ``header_lines``."""
     host, _, path = uri.removeprefix("ws://").partition("/")
-    address, _, port = host.partition(":")
-    reader, writer = await asyncio.open_connection(address, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = [
-        f"GET /{path} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *header_lines,
-    ]
-    writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
+    headers = "".join(f"{line}\r\n" for line in header_lines)
+    reader, writer = await send_handshake(int(host.partition(":")[2]), f"/{path}", headers)
     try:
         return await asyncio.wait_for(reader.readline(), STEP)
     finally:

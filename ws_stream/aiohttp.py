@@ -42,46 +42,52 @@ class AiohttpSocket:
         self.unanswered = False
         self._closed_by_us = False  # our close frame went out (send_frame)
         self._closing: set[asyncio.Task[Any]] = set()  # aiohttp's close() in the background
+        from aiohttp import WSMsgType  # loaded already: ``ws`` is aiohttp's
+
+        self._binary = WSMsgType.BINARY
 
     async def receive(self) -> Message:
+        message = await self.ws.receive()
+        if message.type is self._binary:  # the bulk of the traffic: nothing else to look up
+            return BYTES, message.data
+        return self._other(message)
+
+    def _other(self, message: Any) -> Message:
+        """Any message but a binary one, as :data:`Message`."""
         from aiohttp import WSMsgType
 
         ws = self.ws
-        while True:
-            message = await ws.receive()
-            kind = message.type
-            if kind is WSMsgType.BINARY:
-                return BYTES, message.data
-            if kind is WSMsgType.TEXT:
-                return TEXT, message.data
-            if kind is WSMsgType.CLOSE:
-                # aiohttp says 0 for a close frame without a code (1005). With
-                # autoclose, it answered with its close(): code 1000. Without,
-                # the answer is the application's: the engine's, through
-                # close() (1000 for a close without a code: aiohttp cannot send
-                # an empty one).
-                code = int(message.data) or 1005
-                if ws.closed:
+        kind = message.type
+        if kind is WSMsgType.TEXT:
+            return TEXT, message.data
+        if kind is WSMsgType.CLOSE:
+            # aiohttp says 0 for a close frame without a code (1005). With
+            # autoclose, it answered with its close(): code 1000. Without,
+            # the answer is the application's: the engine's, through
+            # close() (1000 for a close without a code: aiohttp cannot send
+            # an empty one).
+            code = int(message.data) or 1005
+            if ws.closed:
+                self.answered = 1000
+            elif self._closed_by_us:
+                # autoclose=False, and this answers our close: the handshake
+                # is over; aiohttp's close() ends the connection, with one
+                # more close frame, as autoclose does.
+                self._close_in_background(1000, "")
+            else:
+                self.unanswered = True
+                if code == 1005:
                     self.answered = 1000
-                elif self._closed_by_us:
-                    # autoclose=False, and this answers our close: the handshake
-                    # is over; aiohttp's close() ends the connection, with one
-                    # more close frame, as autoclose does.
-                    self._close_in_background(1000, "")
-                else:
-                    self.unanswered = True
-                    if code == 1005:
-                        self.answered = 1000
-                return CLOSE, (code, message.extra or "")
-            if kind is WSMsgType.PING:  # autoping=False: the stream answers
-                return PING, bytes(message.data)
-            if kind is WSMsgType.PONG:
-                return PONG, bytes(message.data)
-            # CLOSING, CLOSED, ERROR: the connection is over.
-            code = ws.close_code
-            if code is None or kind is WSMsgType.ERROR:
-                return CLOSE, (1006, "")
-            return CLOSE, (code, "")
+            return CLOSE, (code, message.extra or "")
+        if kind is WSMsgType.PING:  # autoping=False: the stream answers
+            return PING, bytes(message.data)
+        if kind is WSMsgType.PONG:
+            return PONG, bytes(message.data)
+        # CLOSING, CLOSED, ERROR: the connection is over.
+        code = ws.close_code
+        if code is None or kind is WSMsgType.ERROR:
+            return CLOSE, (1006, "")
+        return CLOSE, (code, "")
 
     async def send_bytes(self, data: bytes) -> None:
         await self.ws.send_bytes(data)

@@ -241,3 +241,84 @@ async def test_a_message_the_stream_cannot_take_fails_the_connection_in_the_read
             await reading
         with pytest.raises(ws_stream.AbnormalClosureError):
             await stream.reader.read(10)
+
+
+async def reader_fetches(front: HeldFrontEnd, stream: WsStream) -> None:
+    """Until the reader's own reads run the front end's receive() (as in an echo)."""
+    reader_task = asyncio.current_task()
+    for i in range(3):
+        front.incoming.put_nowait((BYTES, b"%d" % i))
+        async with asyncio.timeout(5):
+            assert await stream.reader.readexactly(1) == b"%d" % i
+    assert front.receivers[-1] is reader_task
+
+
+async def test_messages_the_front_end_holds_already_are_read_in_order_without_a_wait() -> None:
+    """A receive() that returns at once (the front end had the messages queued, as a
+    busy server does): each read gets its bytes in its own call, in order, and the
+    message after them is still fetched when it comes."""
+    front = HeldFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    await reader_fetches(front, stream)
+    for i in range(10):
+        front.incoming.put_nowait((BYTES, b"<%d>" % i))
+    ran = []
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    for i in range(10):
+        assert await stream.reader.readexactly(len(b"<%d>" % i)) == b"<%d>" % i
+    assert not ran  # no read waited: the loop never ran
+    asyncio.get_running_loop().call_later(0.02, front.incoming.put_nowait, (BYTES, b"late"))
+    async with asyncio.timeout(5):
+        assert await stream.reader.readexactly(4) == b"late"
+    assert front.receives_cancelled == 0
+    stream.transport.abort()
+
+
+async def test_a_close_the_front_end_holds_already_ends_the_read_after_the_data() -> None:
+    """The peer's close queued behind data, received at once by the reader: the data,
+    then EOF; an invalid report (1015) there fails the connection as anywhere."""
+    for close, outcome in (((1000, ""), None), ((1015, "bad"), ws_stream.AbnormalClosureError)):
+        front = HeldFrontEnd()
+        stream = WsStream._over_messages(front, _stream_options({}))
+        await reader_fetches(front, stream)
+        front.incoming.put_nowait((BYTES, b"last"))
+        front.incoming.put_nowait((CLOSE, close))
+        front.incoming.put_nowait((BYTES, b"never"))
+        async with asyncio.timeout(5):
+            assert await stream.reader.readexactly(4) == b"last"
+            if outcome is None:
+                assert await stream.reader.read(10) == b""
+                assert stream.close_code == 1000
+            else:
+                with pytest.raises(outcome):
+                    await stream.reader.read(10)
+        stream.transport.abort()
+
+
+class FailingFrontEnd(HeldFrontEnd):
+    """A front end whose receive() fails at once once ``broken`` is set (aiohttp's
+    receive raises for a connection it already knows is broken)."""
+
+    broken = False
+
+    async def receive(self) -> Message:
+        if self.broken:
+            raise ConnectionResetError("the front end's connection broke")
+        return await super().receive()
+
+
+async def test_a_receive_that_fails_at_once_ends_the_stream_with_its_error() -> None:
+    front = FailingFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    await reader_fetches(front, stream)
+    front.incoming.put_nowait((BYTES, b"kept"))
+    async with asyncio.timeout(5):
+        assert await stream.reader.readexactly(4) == b"kept"
+        front.broken = True
+        with pytest.raises(ConnectionError) as caught:
+            await stream.reader.read(10)
+    assert "broke" in repr(caught.value) + repr(caught.value.__cause__)
+    async with asyncio.timeout(5):
+        while front.failed is None:  # the front end's connection ends too (in a task)
+            await asyncio.sleep(0)
+    assert front.failed == 1011

@@ -38,9 +38,11 @@ hypercorn's, Starlette's or aiohttp's sends does.
 Messages are received by whoever needs them, one ``receive()`` in flight at
 a time. While no reader waits, the link's task receives: it sees the peer's
 close, pings and failures, and reads ahead up to ``limit``. A read that finds
-nothing to read and no receive in flight awaits the front end's ``receive()``
-in its own task (:class:`_Pull`), so the message reaches it with no hop
-through another task, as in the framework's own message loop. That is the
+nothing to read and no receive in flight runs the front end's ``receive()``
+itself (:meth:`MessageLink.pull`): a message the front end holds already comes
+back in the read's own call, and one it has to wait for is awaited in the
+reader's task (:class:`_Pull`), so the message reaches it with no hop through
+another task, as in the framework's own message loop. That is the
 case of a reader that reads again as soon as it has handled what it read (an
 echo, a codec's loop); a reader that awaits something else in between (the
 link's task took over) waits for the message the task receives, and fetches
@@ -193,23 +195,27 @@ class _Rest:
 
 
 class _Pull:
-    """The reader's task awaits the front end's ``receive()`` through this.
+    """The rest of a ``receive()`` the reader's task started and has to wait for.
 
-    It drives the coroutine by hand, handing every future it waits on to the
-    reader's task (one hop, as when a framework's own loop awaits it). When
-    the link is lost meanwhile (a send failed, an abort, the close deadline),
-    :meth:`interrupt` cancels the future the receive waits on, as a task's
-    cancellation would; the receive ends and the reader finds the stream's
-    end. The reader's own cancellation (a timeout around ``read()``) goes into
-    the receive too (see the module on cancel-safety). A message it returns
-    is handled as the link's task would (a failure ends the connection).
+    :meth:`MessageLink.pull` runs the front end's ``receive()`` up to its
+    first wait in the reader's call (a message already queued by the front
+    end comes back at once, with no await at all); awaiting this finishes
+    it, handing every future it waits on to the reader's task (one hop, as
+    when a framework's own loop awaits it). When the link is lost meanwhile
+    (a send failed, an abort, the close deadline), :meth:`interrupt` cancels
+    the future the receive waits on, as a task's cancellation would; the
+    receive ends and the reader finds the stream's end. The reader's own
+    cancellation (a timeout around ``read()``) goes into the receive too
+    (see the module on cancel-safety). A message it returns is handled as
+    the link's task would (a failure ends the connection).
     """
 
-    __slots__ = ("_interrupted", "_link", "_waiting_on")
+    __slots__ = ("_coro", "_interrupted", "_link", "_waiting_on")
 
-    def __init__(self, link: MessageLink) -> None:
+    def __init__(self, link: MessageLink, coro: Coroutine[Any, Any, Message], first: Any) -> None:
         self._link = link
-        self._waiting_on: Any = None
+        self._coro = coro
+        self._waiting_on: Any = first
         self._interrupted = False
 
     def interrupt(self) -> None:
@@ -219,29 +225,15 @@ class _Pull:
             future.cancel()
 
     def __await__(self) -> Generator[Any, Any, None]:
-        link = self._link
-        link._receiving = True
-        link._pulling = self
-        task: asyncio.Task[Any] | None = None
-        cancels = -1  # counted at the first wait: no cancellation can come before
-        coro = link._socket.receive()
+        link, coro = self._link, self._coro
+        yielded = self._waiting_on
+        # A cancellation is the reader's own only if it was asked for during this
+        # receive (a count left over from an earlier, caught one does not count).
+        task = asyncio.current_task(link._loop)
+        cancels = task.cancelling() if task is not None else 0
         try:
-            thrown: BaseException | None = None
             while True:
-                try:
-                    if thrown is None:
-                        yielded = coro.send(None)
-                    else:
-                        yielded, thrown = coro.throw(thrown), None
-                except StopIteration as stop:
-                    kind, value = stop.value
-                    break
-                if cancels < 0:
-                    # A cancellation is the reader's own only if it was asked for
-                    # during this receive (a count left over from an earlier,
-                    # caught one does not count).
-                    task = asyncio.current_task(link._loop)
-                    cancels = task.cancelling() if task is not None else 0
+                thrown: BaseException | None = None
                 self._waiting_on = yielded
                 try:
                     yield yielded
@@ -254,6 +246,11 @@ class _Pull:
                     self._waiting_on = None
                 if self._interrupted and thrown is None:
                     thrown = asyncio.CancelledError()
+                try:
+                    yielded = coro.send(None) if thrown is None else coro.throw(thrown)
+                except StopIteration as stop:
+                    kind, value = stop.value
+                    break
         except asyncio.CancelledError:
             if self._interrupted and (task is None or task.cancelling() <= cancels):
                 return  # the link was lost: the reader finds out why
@@ -264,12 +261,8 @@ class _Pull:
         finally:
             link._receiving = False
             link._pulling = None
-        if self._interrupted:
-            return
-        try:
-            link._received(kind, value)
-        except Exception as exc:  # as in the link's task: the connection fails
-            link._receive_failed(exc)
+        if not self._interrupted:
+            link._pulled(kind, value)
 
 
 class MessageLink(asyncio.Transport):
@@ -352,13 +345,36 @@ class MessageLink(asyncio.Transport):
         except Exception as exc:
             self._receive_failed(exc)
 
-    def pull(self) -> _Pull | None:
-        """For the reader: the next message fetched in its own task, or None when a
-        receive is already in flight (or no more will be made)."""
+    def pull(self) -> _Pull | bool:
+        """For the reader, which has nothing to read: the front end's ``receive()`` run
+        in its own call. True: it returned at once and its message was handled (the
+        reader looks again); a :class:`_Pull` to await when it has to wait; False
+        when a receive is already in flight (or no more will be made)."""
         if self._receiving or self._lost or self._peer_closed or not self._reading.is_set():
             self._reader_waits = True
-            return None
-        return _Pull(self)
+            return False
+        self._receiving = True
+        coro = self._socket.receive()
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as stop:
+            self._receiving = False
+            self._pulled(*stop.value)
+            return True
+        except Exception as exc:
+            self._receiving = False
+            self._receive_failed(exc)
+            return True
+        pull = self._pulling = _Pull(self, coro, waiting_on)
+        return pull
+
+    def _pulled(self, kind: str, value: Any) -> None:
+        """A message the reader's receive returned: handled as the link's task would
+        (a failure ends the connection)."""
+        try:
+            self._received(kind, value)
+        except Exception as exc:
+            self._receive_failed(exc)
 
     def idle(self) -> None:
         """The reader stopped waiting: unless it fetches again in this loop

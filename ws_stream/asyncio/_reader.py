@@ -30,9 +30,11 @@ __all__ = ["ChunkedStreamReader"]
 class _Source(Protocol):
     """Where a reader with nothing to read may fetch data itself (a message front end)."""
 
-    def pull(self) -> Awaitable[None] | None:
-        """Something to await that fetches the next message in the reader's task, or
-        None when the source is already fetching (the reader then waits as usual)."""
+    def pull(self) -> Awaitable[None] | bool:
+        """Fetch the next message in the reader's call: True when it was fetched at
+        once (the reader looks again), something to await that finishes fetching it
+        in the reader's task, or False when the source is already fetching (the
+        reader then waits as usual)."""
 
     def idle(self) -> None:
         """The reader stopped waiting: the source watches the connection again."""
@@ -163,7 +165,10 @@ class ChunkedStreamReader(asyncio.StreamReader):
         source = self._source
         if source is not None:
             pull = source.pull()
-            if pull is not None:
+            if pull is True:  # a message was there: no wait at all
+                source.idle()
+                return
+            if pull is not False:
                 # The next message is fetched in this task: no hop through another.
                 self._pulling = True
                 try:

@@ -507,15 +507,17 @@ class Engine:
         if self.rcvd_then_sent:
             self.sent = close
 
-    def violation(self, code: int, reason: str) -> None:
-        """A front end (ASGI, aiohttp) failed the connection itself, with ``code``, for a
-        message it refused (too big, invalid) before the engine saw it: the reader ends
-        with the :class:`ProtocolError` of that code after its data, as when websockets
-        detects a violation."""
+    def violation(self, code: int, reason: str, why: str | None = None) -> None:
+        """A front end (ASGI, aiohttp) failed the connection itself, with ``code`` and
+        ``reason``, for a message it refused (too big, invalid: ``why``, by default the
+        reason) before the engine saw it: the reader ends with the
+        :class:`ProtocolError` of that code after its data, as when websockets detects
+        a violation."""
         if self.policy.error is not None or self.ended:
             return
         self._sent(Close(code, reason))
-        cause: Exception = WsProtocolError(reason) if code == 1002 else _Violation(reason)
+        why = reason if why is None else why
+        cause: Exception = WsProtocolError(why) if code == 1002 else _Violation(why)
         self._apply(self.policy.parser_failed(cause, code))
         if self.policy.error is not None:
             self._end(self.policy.error)

@@ -18,7 +18,7 @@ import logging
 import struct
 from typing import Any
 
-from .asyncio._messages import BYTES, CLOSE, PING, PONG, TEXT, Message
+from .asyncio._messages import BYTES, CLOSE, PING, PONG, TEXT, VIOLATION, Message
 
 __all__ = ["AiohttpSocket"]
 
@@ -54,7 +54,7 @@ class AiohttpSocket:
 
     def _other(self, message: Any) -> Message:
         """Any message but a binary one, as :data:`Message`."""
-        from aiohttp import WSMsgType
+        from aiohttp import WebSocketError, WSMsgType
 
         ws = self.ws
         kind = message.type
@@ -83,7 +83,11 @@ class AiohttpSocket:
             return PING, bytes(message.data)
         if kind is WSMsgType.PONG:
             return PONG, bytes(message.data)
-        # CLOSING, CLOSED, ERROR: the connection is over.
+        if kind is WSMsgType.ERROR and isinstance(message.data, WebSocketError):
+            # aiohttp refused the peer's message (too big, an invalid close or text)
+            # and failed the connection with the error's code, without a reason.
+            return VIOLATION, (message.data.code, "", str(message.data))
+        # CLOSING, CLOSED, other errors: the connection is over.
         code = ws.close_code
         if code is None or kind is WSMsgType.ERROR:
             return CLOSE, (1006, "")

@@ -485,6 +485,29 @@ def test_a_message_engine_leaves_nothing_to_collect_after_a_write_or_a_delivery(
     assert drain(engine) == b"late" and engine.data_to_send() == []
 
 
+@pytest.mark.parametrize(
+    ("code", "reason", "why"), [(1009, "", "Message size 9 exceeds 4"), (1002, "bad", None)]
+)
+def test_a_front_ends_own_verdict_ends_the_reader_after_its_data(
+    code: int, reason: str, why: str | None
+) -> None:
+    """A message front end refused the peer's message and failed the connection with
+    ``code`` and ``reason`` itself: the data before it, then ProtocolError of that
+    code saying why (the reason when no explanation is given); that close is the one
+    sent, and nothing goes out from the engine (the front end sent it)."""
+    engine, peer = make("server", send_message=[].append)
+    engine.receive_message(b"before", now=1.0)
+    engine.violation(code, reason, why)
+    assert drain(engine) == b"before"
+    error = engine.read_error
+    assert isinstance(error, ProtocolError) and error.code == code
+    assert (why or reason) in str(error)
+    assert engine.sent == Close(code, reason)
+    assert peer.read(engine) == []
+    engine.violation(1002, "again")  # once only
+    assert engine.read_error is error and engine.sent == Close(code, reason)
+
+
 # Keepalive
 
 

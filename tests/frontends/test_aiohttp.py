@@ -423,3 +423,38 @@ async def test_the_peers_close_behind_our_unread_data_ends_the_connection(
         closes = [payload for opcode, payload in frames if opcode == CLOSE]
         assert closes, frames[-3:]
         assert ws.closed
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (close_payload(1004), 1002),  # a reserved code
+        (close_payload(2000), 1002),  # a code no one may send
+        (b"\x03", 1002),  # a 1-byte payload
+        (close_payload(1000) + b"\xff\xfe", 1007),  # a reason that is not UTF-8
+    ],
+    ids=["1004", "2000", "1-byte", "bad-utf8"],
+)
+async def test_a_close_aiohttp_refuses_is_a_protocol_error_as_over_tcp(
+    payload: bytes, code: int
+) -> None:
+    """A close frame aiohttp itself refuses (it fails the connection with 1002 or
+    1007): the data before it, then ``ProtocolError`` of that code, and that code
+    as the one sent, as when websockets refuses it over TCP; never a lost
+    connection (1006)."""
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_and_raw_peer() as (stream, ws, peer),
+    ):
+        peer.send(BINARY, b"data first")
+        peer.send(CLOSE, payload)
+        await peer.writer.drain()
+        assert await stream.reader.readexactly(10) == b"data first"
+        with pytest.raises(ws_stream.ProtocolError) as caught:
+            await asyncio.wait_for(stream.reader.read(), STEP)
+        assert caught.value.code == code
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+        assert stream.close_code_sent == code
+        closes = [p for opcode, p in await _frames_until_eof(peer) if opcode == CLOSE]
+        assert closes[:1] == [close_payload(code)] or closes[0][:2] == close_payload(code), closes
+        assert ws.closed

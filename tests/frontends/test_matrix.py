@@ -444,9 +444,10 @@ TOO_BIG: dict[str, tuple[type[BaseException], int | None, int]] = {
     # hypercorn sends 1009 but tells the application nothing, and keeps TCP
     # open after the peer's answer: the reader waits until the peer drops TCP.
     "hypercorn": (ws_stream.AbnormalClosureError, None, 1009),
-    # aiohttp's receive() returns an ERROR message (1006 for the stream).
-    "aiohttp-server": (ws_stream.AbnormalClosureError, None, 1009),
-    "aiohttp-client": (ws_stream.AbnormalClosureError, None, 1009),
+    # aiohttp fails the connection with 1009 and says why (its receive()'s ERROR
+    # message): ProtocolError(1009), as over TCP.
+    "aiohttp-server": (ws_stream.ProtocolError, 1009, 1009),
+    "aiohttp-client": (ws_stream.ProtocolError, 1009, 1009),
 }
 
 

@@ -75,17 +75,30 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-__all__ = ["BYTES", "CLOSE", "PING", "PONG", "TEXT", "MessageLink", "MessageSocket", "open_pair"]
+__all__ = [
+    "BYTES",
+    "CLOSE",
+    "PING",
+    "PONG",
+    "TEXT",
+    "VIOLATION",
+    "MessageLink",
+    "MessageSocket",
+    "open_pair",
+]
 
 logger = logging.getLogger("ws_stream.asyncio")
 
 BYTES, TEXT, CLOSE, PING, PONG = "bytes", "text", "close", "ping", "pong"
+VIOLATION = "violation"
 #: Close codes with which a front end ends a connection itself for a message it
 #: refused (invalid, too big): a violation, as if websockets had detected it.
 _VIOLATIONS = frozenset({1002, 1007, 1009})
 #: What :meth:`MessageSocket.receive` returns: (BYTES, data), (TEXT, str),
 #: (CLOSE, (code, reason)) - the peer's close, 1006 when the connection was
-#: lost without one.
+#: lost without one; (VIOLATION, (code, reason, why)) - the front end refused
+#: the peer's message itself (too big, invalid) and failed the connection with
+#: ``code`` and ``reason``, ``why`` saying what was wrong (aiohttp).
 Message = tuple[str, Any]
 
 _HIGH_WATER = 2**16  # bytes queued for the front end before pause_writing()
@@ -411,16 +424,21 @@ class MessageLink(asyncio.Transport):
             self._feed(Opcode.PING, value)  # the engine answers (write())
         elif kind == PONG:
             self._feed(Opcode.PONG, value)
+        elif kind == VIOLATION:
+            code, reason, why = value
+            self._peer_closed = True  # nothing more comes
+            if code in _VIOLATIONS:
+                self._violation(code, reason, why)
+            else:
+                self._connection_lost(_lost())
+            return True
         else:
             code, reason = value
             self._peer_closed = True
             if code == 1006:
                 self._connection_lost(_lost())
-            elif code in _VIOLATIONS and self._socket.own_verdicts and self._protocol:
-                ws = getattr(self._protocol, "ws", None)
-                if ws is not None:
-                    ws._front_end_violation(code, reason)
-                self._connection_lost(None)
+            elif code in _VIOLATIONS and self._socket.own_verdicts:
+                self._violation(code, reason, reason)
             else:
                 self._feed_close(code, reason)
                 # A front end that answers the peer's close itself (aiohttp:
@@ -435,6 +453,15 @@ class MessageLink(asyncio.Transport):
                     self._connection_lost(None)
             return True
         return False
+
+    def _violation(self, code: int, reason: str, why: str) -> None:
+        """The front end failed the connection itself with ``code`` and ``reason`` for a
+        message of the peer it refused (``why``): the reader ends with the
+        ProtocolError of that code, as when websockets refuses it over TCP."""
+        ws = getattr(self._protocol, "ws", None)
+        if ws is not None:
+            ws._front_end_violation(code, reason, why)
+        self._connection_lost(None)
 
     def _receive_failed(self, exc: Exception) -> None:
         """The front end's ``receive()`` raised (aiohttp's ``receive_timeout``, a

@@ -231,9 +231,9 @@ class WsTransport(asyncio.Transport):
         if self._engine.receive_message(data, self._loop.time()):
             self._output()
 
-    def _front_end_violation(self, code: int, reason: str) -> None:
+    def _front_end_violation(self, code: int, reason: str, why: str) -> None:
         """A message front end failed the connection with ``code`` (see Engine.violation)."""
-        self._engine.violation(code, reason)
+        self._engine.violation(code, reason, why)
 
     def _tcp_late_eof(self) -> None:
         """The peer half-closed before we became the TCP transport's protocol."""

@@ -500,11 +500,13 @@ class Engine:
             logger.info("the peer violated the protocol: %s", self.policy.error)
             self._end(self.policy.error)
 
-    def front_end_answered(self, close: Close) -> None:
+    def front_end_answered(self, close: Close, *, ours_first: bool) -> None:
         """A message front end answered the peer's close itself with ``close`` (aiohttp
-        answers 1000, whatever the peer's code) instead of the echo websockets
-        queued (which the front end does not send): record what went out."""
-        if self.rcvd_then_sent:
+        answers 1000, whatever the peer's code). Unless a close of ours went out
+        before the peer's came (``ours_first``: the closing handshake was ours), that
+        answer is the close sent, not what the engine queued instead (the echo, or
+        1002 for a code no peer may send), which the front end did not send."""
+        if not ours_first:
             self.sent = close
 
     def violation(self, code: int, reason: str, why: str | None = None) -> None:

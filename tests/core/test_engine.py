@@ -384,7 +384,7 @@ def test_a_front_ends_own_answer_to_the_peers_close_is_what_was_sent() -> None:
     engine.receive_data(peer.close(1002, "peer"), now=1.0)
     peer.read(engine)
     assert engine.sent == Close(1002, "peer")  # websockets' echo, not sent by aiohttp
-    engine.front_end_answered(Close(1000, ""))
+    engine.front_end_answered(Close(1000, ""), ours_first=False)
     assert engine.sent == Close(1000, "") and engine.rcvd_then_sent
     assert engine.rcvd == Close(1002, "peer")
     ours, peer = make("server")
@@ -392,7 +392,7 @@ def test_a_front_ends_own_answer_to_the_peers_close_is_what_was_sent() -> None:
     peer.read(ours)
     ours.receive_data(peer.close(4001, "bye"), now=1.5)
     peer.read(ours)
-    ours.front_end_answered(Close(1000, ""))
+    ours.front_end_answered(Close(1000, ""), ours_first=True)
     assert ours.sent == Close(4001, "bye") and ours.rcvd_then_sent is False
 
 
@@ -506,6 +506,25 @@ def test_a_front_ends_own_verdict_ends_the_reader_after_its_data(
     assert peer.read(engine) == []
     engine.violation(1002, "again")  # once only
     assert engine.read_error is error and engine.sent == Close(code, reason)
+
+
+@pytest.mark.parametrize("payload", [Close(4000, "bye").serialize(), b"\x13\x88bye"])
+def test_a_front_ends_answer_replaces_the_echo_or_the_refusal_it_did_not_send(
+    payload: bytes,
+) -> None:
+    """The front end answered the peer's close itself (aiohttp: 1000) instead of the
+    engine's echo, or of its 1002 for a code no peer may send (5000): that answer is
+    the close sent; the reader's ending stays the engine's (EOF, ProtocolError)."""
+    engine, peer = make("server", send_message=[].append)
+    engine.receive_data(peer.frame(Opcode.CLOSE, payload), now=1.0)
+    queued = closes(peer.read(engine))
+    assert [c.code for c in queued] == [4000 if payload[:2] == b"\x0f\xa0" else 1002]
+    engine.front_end_answered(Close(1000, ""), ours_first=False)
+    assert engine.sent == Close(1000, "")
+    if queued[0].code == 1002:
+        assert isinstance(engine.read_error, ProtocolError)
+    else:
+        assert engine.read_error is None and engine.eof
 
 
 # Keepalive

@@ -458,3 +458,25 @@ async def test_a_close_aiohttp_refuses_is_a_protocol_error_as_over_tcp(
         closes = [p for opcode, p in await _frames_until_eof(peer) if opcode == CLOSE]
         assert closes[:1] == [close_payload(code)] or closes[0][:2] == close_payload(code), closes
         assert ws.closed
+
+
+async def test_a_close_code_aiohttp_answers_but_no_peer_may_send_is_reported_as_sent() -> None:
+    """autoclose=True: aiohttp answers a peer's close with 1000, even one whose code
+    no endpoint may send (5000, which aiohttp lets through): the reader ends with
+    ``ProtocolError`` (the engine's verdict, as over TCP), and ``close_code_sent`` is
+    the 1000 that went out, not the 1002 the engine would have sent."""
+    async with (
+        asyncio.timeout(30),
+        aiohttp_client_and_raw_peer() as (stream, ws, peer),
+    ):
+        peer.send(BINARY, b"data first")
+        peer.send(CLOSE, close_payload(5000, "bye"))
+        await peer.writer.drain()
+        assert await stream.reader.readexactly(10) == b"data first"
+        with pytest.raises(ws_stream.ProtocolError):
+            await asyncio.wait_for(stream.reader.read(), STEP)
+        await asyncio.wait_for(stream.wait_closed(), STEP)
+        closes = [p for opcode, p in await _frames_until_eof(peer) if opcode == CLOSE]
+        assert closes == [close_payload(1000)], closes
+        assert stream.close_code_sent == 1000
+        assert ws.closed

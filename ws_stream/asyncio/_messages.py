@@ -440,13 +440,15 @@ class MessageLink(asyncio.Transport):
             elif code in _VIOLATIONS and self._socket.own_verdicts:
                 self._violation(code, reason, reason)
             else:
+                ours_first = self._close_sent  # our close went out before the peer's came
                 self._feed_close(code, reason)
                 # A front end that answers the peer's close itself (aiohttp:
-                # 1000, whatever the peer's code) did not send the echo.
+                # 1000, whatever the peer's code) sent that instead of the
+                # engine's echo (or of its 1002 for a code no peer may send).
                 answer = self._socket.answered
                 ws = self._stream
                 if answer is not None and ws is not None:
-                    ws.engine.front_end_answered(Close(answer, ""))
+                    ws.engine.front_end_answered(Close(answer, ""), ours_first=ours_first)
                 if self._socket.unanswered and self._close_sent and not self._close_started:
                     self._answering = True  # our close, still queued, is the answer
                 if not self._answering:  # else the sender ends the link, once it answered

@@ -46,6 +46,7 @@ async def test_wraps_a_client_websocket() -> None:
         ws = await session.ws_connect(f"ws://127.0.0.1:{port}/", protocols=["binary"])
         stream = ws_stream.WsStream(ws)
         assert stream.subprotocol == "binary"
+        assert "client" in repr(stream)  # the WebSocket's side, not the in-memory one's
         theirs = stream_of(await asyncio.wait_for(accepted.get(), STEP))
         assert stream.writer.get_extra_info("peername") == theirs.writer.get_extra_info("sockname")
         stream.writer.write(b"echo me")

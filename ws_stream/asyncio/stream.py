@@ -184,17 +184,16 @@ class WsStream:
         )
         self._reader = ChunkedStreamReader(options.limit, loop)
         self._protocol = _ReaderProtocol(self._reader, loop=loop)
+        # The WebSocket's side (a front end's client runs over an in-memory server).
+        self._server_side = protocol.side is SERVER if tls_client is None else not tls_client
         self._writer = _StreamWriter(
-            self._transport,
-            self._protocol,
-            self._reader,
-            loop,
-            server_side=protocol.side is SERVER if tls_client is None else not tls_client,
+            self._transport, self._protocol, self._reader, loop, server_side=self._server_side
         )
         self._transport.attach(self._protocol)
 
     def __repr__(self) -> str:
-        return f"<WsStream {self._protocol_ws.side.name.lower()} {self._protocol_ws.id}>"
+        side = "server" if self._server_side else "client"
+        return f"<WsStream {side} {self._protocol_ws.id}>"
 
     @property
     def reader(self) -> ChunkedStreamReader:

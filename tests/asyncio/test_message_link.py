@@ -322,3 +322,55 @@ async def test_a_receive_that_fails_at_once_ends_the_stream_with_its_error() -> 
         while front.failed is None:  # the front end's connection ends too (in a task)
             await asyncio.sleep(0)
     assert front.failed == 1011
+
+
+class PoisonedFrontEnd(HeldFrontEnd):
+    """A receive() that raises CancelledError at its first step, once: it awaits a
+    future that was cancelled already (a front end's shutdown future, say)."""
+
+    poisoned = False
+
+    async def receive(self) -> Message:
+        if self.poisoned:
+            self.poisoned = False
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled
+        return await super().receive()
+
+
+async def test_a_receive_cancelled_at_its_first_step_leaves_the_link_receiving_again() -> None:
+    """The cancellation reaches the read, as if it had awaited the receive itself, and
+    the next read still gets the next message (no receive left marked in flight)."""
+    front = PoisonedFrontEnd()
+    stream = WsStream._over_messages(front, _stream_options({}))
+    await reader_fetches(front, stream)
+    front.poisoned = True
+    with pytest.raises(asyncio.CancelledError):
+        await stream.reader.read(10)
+    front.incoming.put_nowait((BYTES, b"next"))
+    async with asyncio.timeout(5):
+        assert await stream.reader.read(10) == b"next"
+    stream.transport.abort()
+
+
+async def test_a_malformed_message_returned_at_once_fails_the_connection() -> None:
+    """A front end's receive() that returns something that is no message, at once or
+    after a wait: the stream ends with the error, the front end's connection with
+    1011, as when the link's own task receives it."""
+    for at_once in (True, False):
+        front = HeldFrontEnd()
+        stream = WsStream._over_messages(front, _stream_options({}))
+        await reader_fetches(front, stream)
+        if at_once:
+            front.incoming.put_nowait((BYTES, b"x", "extra"))  # type: ignore[arg-type]
+        else:
+            asyncio.get_running_loop().call_later(
+                0.02, front.incoming.put_nowait, (BYTES, b"x", "extra")
+            )
+        async with asyncio.timeout(5):
+            with pytest.raises(ws_stream.WsStreamError):
+                await stream.reader.read(10)
+            while front.failed is None:
+                await asyncio.sleep(0)
+        assert front.failed == 1011

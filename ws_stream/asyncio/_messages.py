@@ -262,7 +262,7 @@ class _Pull:
                 try:
                     yielded = coro.send(None) if thrown is None else coro.throw(thrown)
                 except StopIteration as stop:
-                    kind, value = stop.value
+                    message = stop.value
                     break
         except asyncio.CancelledError:
             if self._interrupted and (task is None or task.cancelling() <= cancels):
@@ -275,7 +275,7 @@ class _Pull:
             link._receiving = False
             link._pulling = None
         if not self._interrupted:
-            link._pulled(kind, value)
+            link._pulled(message)
 
 
 class MessageLink(asyncio.Transport):
@@ -360,9 +360,11 @@ class MessageLink(asyncio.Transport):
 
     def pull(self) -> _Pull | bool:
         """For the reader, which has nothing to read: the front end's ``receive()`` run
-        in its own call. True: it returned at once and its message was handled (the
-        reader looks again); a :class:`_Pull` to await when it has to wait; False
-        when a receive is already in flight (or no more will be made)."""
+        in its own call. True: it ended at once (its message was handled, or its
+        failure ended the connection; the reader looks again); a :class:`_Pull` to
+        await when it has to wait; False when no receive may start now (one is in
+        flight, reading is paused, or no more will be made). A cancellation raised
+        at once reaches the reader, as if it had awaited the receive itself."""
         if self._receiving or self._lost or self._peer_closed or not self._reading.is_set():
             self._reader_waits = True
             return False
@@ -372,19 +374,23 @@ class MessageLink(asyncio.Transport):
             waiting_on = coro.send(None)
         except StopIteration as stop:
             self._receiving = False
-            self._pulled(*stop.value)
+            self._pulled(stop.value)
             return True
         except Exception as exc:
             self._receiving = False
             self._receive_failed(exc)
             return True
+        except BaseException:
+            self._receiving = False
+            raise
         pull = self._pulling = _Pull(self, coro, waiting_on)
         return pull
 
-    def _pulled(self, kind: str, value: Any) -> None:
-        """A message the reader's receive returned: handled as the link's task would
-        (a failure ends the connection)."""
+    def _pulled(self, message: Message) -> None:
+        """What the reader's receive returned: handled as the link's task would (a
+        failure, or something that is no message, ends the connection)."""
         try:
+            kind, value = message
             self._received(kind, value)
         except Exception as exc:
             self._receive_failed(exc)

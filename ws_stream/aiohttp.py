@@ -86,7 +86,7 @@ class AiohttpSocket:
         if kind is WSMsgType.ERROR and isinstance(message.data, WebSocketError):
             # aiohttp refused the peer's message (too big, an invalid close or text)
             # and failed the connection with the error's code, without a reason.
-            return VIOLATION, (message.data.code, "", str(message.data))
+            return VIOLATION, (int(message.data.code), "", str(message.data))
         # CLOSING, CLOSED, other errors: the connection is over.
         code = ws.close_code
         if code is None or kind is WSMsgType.ERROR:

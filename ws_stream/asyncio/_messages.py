@@ -431,12 +431,8 @@ class MessageLink(asyncio.Transport):
         elif kind == PONG:
             self._feed(Opcode.PONG, value)
         elif kind == VIOLATION:
-            code, reason, why = value
             self._peer_closed = True  # nothing more comes
-            if code in _VIOLATIONS:
-                self._violation(code, reason, why)
-            else:
-                self._connection_lost(_lost())
+            self._violation(*value)
             return True
         else:
             code, reason = value

@@ -517,7 +517,12 @@ class Engine:
         a violation."""
         if self.policy.error is not None or self.ended:
             return
-        self._sent(Close(code, reason))
+        try:
+            Close(code, "").serialize()  # raises for a code no close frame carries
+        except WsProtocolError:
+            pass  # 1006, say: the front end sent no close frame
+        else:
+            self._sent(Close(code, reason))
         why = reason if why is None else why
         cause: Exception = WsProtocolError(why) if code == 1002 else _Violation(why)
         self._apply(self.policy.parser_failed(cause, code))

@@ -527,6 +527,17 @@ def test_a_front_ends_answer_replaces_the_echo_or_the_refusal_it_did_not_send(
         assert engine.read_error is None and engine.eof
 
 
+def test_a_front_ends_verdict_with_a_code_no_frame_carries_is_a_lost_connection() -> None:
+    """A verdict whose code no close frame carries (1006): nothing is recorded as
+    sent, and the reader's end is the lost connection's."""
+    engine, _ = make("server", send_message=[].append)
+    engine.violation(1006, "", "the front end lost the connection")
+    assert engine.sent is None and engine.read_error is None
+    engine.connection_lost(None)
+    assert isinstance(engine.read_error, AbnormalClosureError)
+    assert engine.sent is None
+
+
 # Keepalive
 
 

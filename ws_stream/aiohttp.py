@@ -7,8 +7,11 @@ client (``ClientSession.ws_connect()``).
 ``heartbeat``, and answering the peer's pings with ``autoping=True``, the
 default; with ``autoping=False`` the stream answers them and reports
 ``PingReceived``; ``ping()`` of the stream raises
-:exc:`NotImplementedError`), the message size limit (``max_msg_size``), and
-answering the peer's close.
+:exc:`NotImplementedError`), the message size limit (``max_msg_size``), checking
+the peer's close frames, and answering the peer's close. A message or close frame
+aiohttp refuses (too big, an invalid close code, a reason that is not UTF-8) makes
+it fail the connection with 1009, 1002 or 1007: the reader gets the data before
+it, then :exc:`~ws_stream.ProtocolError` of that code, as over TCP.
 """
 
 from __future__ import annotations

@@ -518,9 +518,9 @@ class Engine:
         if self.policy.error is not None or self.ended:
             return
         try:
-            Close(code, "").serialize()  # raises for a code no close frame carries
-        except WsProtocolError:
-            pass  # 1006, say: the front end sent no close frame
+            check_close(code, "")
+        except ValueError:
+            pass  # no close frame carries that code (1006): the front end sent none
         else:
             self._sent(Close(code, reason))
         why = reason if why is None else why

@@ -33,8 +33,8 @@ class _Source(Protocol):
     def pull(self) -> Awaitable[None] | bool:
         """Fetch the next message in the reader's call: True when it was fetched at
         once (the reader looks again), something to await that finishes fetching it
-        in the reader's task, or False when the source is already fetching (the
-        reader then waits as usual)."""
+        in the reader's task, or False when it may not fetch now (it is fetching
+        already, or reading is paused: the reader then waits as usual)."""
 
     def idle(self) -> None:
         """The reader stopped waiting: the source watches the connection again."""
